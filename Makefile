@@ -1,0 +1,45 @@
+# meshctl: `make demo` (main job) and `make test` (the suite) do all the set-up themselves.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup system demo serve test test-fast lint bench clean
+
+system:
+	bash scripts/setup-system.sh
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,stacks]'
+	@if [ -f stacks/package.json ]; then npm ci --prefix stacks --no-audit --no-fund --loglevel=error; fi
+	touch $@
+
+setup: system $(BIN)/.installed
+
+demo: setup
+	$(BIN)/meshctl serve
+
+serve: setup
+	$(BIN)/meshctl serve
+
+test: setup
+	bash scripts/setup-system.sh --test
+	bash scripts/ensure-postgres.sh
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-fast: setup
+	MESH_TEST_BACKENDS=sqlite $(BIN)/pytest -q -x -m "not lab"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check meshctl probes tests bench
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python -m bench.bench_routes
+	$(BIN)/python -m bench.bench_queries
+	$(BIN)/python -m bench.bench_ingest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,148 @@
+"""Report ingestion: 1,000 simulated nodes, each reporting 150 links, into a real controller.
+
+Measures accepted reports/s, p99 latency and the server's memory, and checks that every
+acknowledged report is in the database (none lost). The reference is the same server's
+GET /healthz under the same client, to show what the client and HTTP stack alone cost.
+Target: at least 1,000 reports/s on this 2-core machine.
+Run: .venv/bin/python -m bench.bench_ingest [--nodes 1000 --links 150 --rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import statistics
+import time
+from datetime import UTC, datetime
+
+import httpx
+
+from bench._server import rss_mb, start_controller, tmpdir
+
+
+async def fire(url: str, jobs: list[tuple[str, bytes]], concurrency: int) -> tuple[list[float], dict[int, int]]:
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    for j in jobs:
+        queue.put_nowait(j)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                token, body = queue.get_nowait()
+                t0 = time.perf_counter()
+                if body:
+                    r = await client.post(
+                        "/v1/reports",
+                        content=body,
+                        headers={"Authorization": f"Bearer {token}", "content-type": "application/json"},
+                    )
+                else:
+                    r = await client.get("/healthz")
+                latencies.append(time.perf_counter() - t0)
+                codes[r.status_code] = codes.get(r.status_code, 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, codes
+
+
+def p99(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=100)[98] * 1000 if len(xs) > 1 else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--links", type=int, default=150)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=64)
+    args = ap.parse_args()
+    tmp = tmpdir()
+    ctl = start_controller(tmp, MESH_STALE_AFTER_S="600")
+    try:
+        regions = [f"aws:bench-{i:03d}" for i in range(args.links + 1)]
+        t0 = time.perf_counter()
+        with ctl.client() as c:
+            for i, r in enumerate(regions):
+                c.put(f"/v1/regions/{r}", json={"lat": (i % 150) - 75, "lon": (i * 7 % 360) - 180}).raise_for_status()
+            tokens = {
+                r: c.post("/v1/join-tokens", json={"region": r, "ttl_s": 3600, "uses": 10000}).json()["token"]
+                for r in regions
+            }
+            nodes = []
+            for i in range(args.nodes):
+                r = regions[i % len(regions)]
+                key = __import__("base64").b64encode(i.to_bytes(32, "big")).decode()
+                res = c.post(
+                    "/v1/nodes",
+                    json={
+                        "join_token": tokens[r],
+                        "region": r,
+                        "name": f"n{i}",
+                        "public_key": key,
+                        "endpoint": "192.0.2.1:51820",
+                    },
+                )
+                res.raise_for_status()
+                nodes.append((res.json()["node_id"], res.json()["node_token"], r))
+        print(f"set-up: {len(regions)} regions, {len(nodes)} nodes joined in {time.perf_counter() - t0:.1f}s")
+        first_in_region: dict[str, str] = {}
+        for node_id, _, r in nodes:
+            first_in_region.setdefault(r, node_id)
+        jobs: list[tuple[str, bytes]] = []
+        now = datetime.now(UTC).isoformat()
+        for rnd in range(args.rounds):
+            for node_id, token, region in nodes:
+                peers = [
+                    {
+                        "peer_node_id": peer,
+                        "sent": 25,
+                        "received": 25,
+                        "rtt_min_ms": 10.0,
+                        "rtt_p50_ms": 12.5,
+                        "rtt_p90_ms": 14.0,
+                        "rtt_max_ms": 20.0,
+                        "jitter_ms": 0.4,
+                    }
+                    for r, peer in first_in_region.items()
+                    if r != region
+                ][: args.links]
+                body = {"node_id": node_id, "seq": rnd, "window_start": now, "window_s": 5.0, "peers": peers}
+                jobs.append((token, json.dumps(body).encode()))
+        size_kb = sum(len(b) for _, b in jobs) / len(jobs) / 1024
+        base_lat, _ = asyncio.run(fire(ctl.url, [("", b"")] * len(jobs), args.concurrency))
+        t_base = sum(base_lat)
+        t1 = time.perf_counter()
+        base_lat, base_codes = asyncio.run(fire(ctl.url, [("", b"")] * len(jobs), args.concurrency))
+        t_base = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        lat, codes = asyncio.run(fire(ctl.url, jobs, args.concurrency))
+        elapsed = time.perf_counter() - t1
+        rss = rss_mb(ctl.proc.pid)  # type: ignore[union-attr]
+        with ctl.client() as c:
+            metric = [ln for ln in c.get("/metrics").text.splitlines() if ln.startswith("mesh_reports_ingested_total")]
+    finally:
+        ctl.stop()
+    stored = sqlite3.connect(str(tmp / "bench.db")).execute("select count(*) from reports").fetchone()[0]
+    accepted = codes.get(202, 0)
+    rate = accepted / elapsed
+    print(
+        f"\ningestion: {args.nodes} nodes x {args.links} links x {args.rounds} rounds, "
+        f"{size_kb:.1f} KiB/report, {args.concurrency} connections, SQLite (WAL, group commit)"
+    )
+    print(f"{'workload':<34} {'req/s':>9} {'p99 ms':>8}")
+    print(f"{'GET /healthz (client+HTTP only)':<34} {len(jobs) / t_base:>9.0f} {p99(base_lat):>8.1f}")
+    print(f"{'POST /v1/reports':<34} {rate:>9.0f} {p99(lat):>8.1f}")
+    print(f"ratio reports/healthz: {rate / (len(jobs) / t_base):.2f}")
+    print(f"status codes: {codes}; server RSS after: {rss:.0f} MiB; {metric[0] if metric else ''}")
+    lost = accepted - stored
+    print(f"acknowledged {accepted}, stored {stored}, lost {lost}")
+    print(f"target >= 1000 reports/s and none lost: {'PASS' if rate >= 1000 and lost == 0 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()

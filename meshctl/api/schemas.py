@@ -1,0 +1,416 @@
+"""Request and response bodies of the REST API (the contract the agent and the CLI rely on).
+
+Field names here are a public contract: add freely, rename nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+REGION_ID_PATTERN = r"^[a-z][a-z0-9]*:[a-z0-9][a-z0-9-]*$"
+RegionId = Annotated[str, StringConstraints(pattern=REGION_ID_PATTERN, max_length=64)]
+Scope = Literal["admin", "operator", "reader"]
+RegionState = Literal["active", "degraded", "drained"]
+DrainKind = Literal["manual", "auto"]
+
+
+class Strict(BaseModel):
+    """Base for request bodies: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _finite(value: float | None, field: str) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{field} must be a finite number")
+    return value
+
+
+# --- regions -------------------------------------------------------------------------------
+
+
+class RegionIn(Strict):
+    cloud: str | None = Field(default=None, description="Defaults to the id's prefix; must match it")
+    name: str | None = Field(default=None, max_length=128, description="Human name, e.g. 'N. Virginia'")
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    metro: str | None = Field(default=None, max_length=64, description="Metro key shared across clouds")
+
+
+class DrainInfo(BaseModel):
+    kind: DrainKind
+    reason: str
+    since: datetime
+    by: str | None = None
+
+
+class RegionHealth(BaseModel):
+    observers_bad: int = 0
+    observers_total: int = 0
+    bad_windows: int = 0
+    good_windows: int = 0
+    reporting_nodes: int = 0
+    reason: str | None = None
+
+
+class RegionOut(BaseModel):
+    id: RegionId
+    cloud: str
+    name: str | None
+    lat: float
+    lon: float
+    metro: str | None
+    state: RegionState
+    drain: DrainInfo | None = None
+    nodes_total: int = 0
+    nodes_up: int = 0
+    health: RegionHealth = Field(default_factory=RegionHealth)
+
+
+class DrainRequest(Strict):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+# --- tokens --------------------------------------------------------------------------------
+
+
+class TokenCreate(Strict):
+    name: str = Field(min_length=1, max_length=64)
+    scope: Scope
+    ttl_s: int | None = Field(default=None, ge=60, le=10 * 365 * 86400)
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    scope: Scope
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None = None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="Shown once; only its hash is stored")
+
+
+class JoinTokenCreate(Strict):
+    region: RegionId
+    ttl_s: int = Field(default=3600, ge=60, le=7 * 86400)
+    uses: int = Field(default=1, ge=1, le=10_000)
+
+
+class JoinTokenOut(BaseModel):
+    id: str
+    region: RegionId
+    expires_at: datetime
+    uses: int
+    uses_left: int
+    token: str | None = Field(default=None, description="Shown once, at creation")
+
+
+# --- nodes and peers -----------------------------------------------------------------------
+
+
+def _check_public_key(value: str) -> str:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError as exc:
+        raise ValueError("public_key must be base64") from exc
+    if len(raw) != 32:
+        raise ValueError("public_key must be a 32-byte X25519 key in base64")
+    return value
+
+
+def _check_endpoint(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        raise ValueError("endpoint must be ip:port")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        port_no = int(port)
+    except ValueError as exc:
+        raise ValueError("endpoint must be ip:port with a literal IP address") from exc
+    if not 1 <= port_no <= 65535:
+        raise ValueError("endpoint port must be 1..65535")
+    return value
+
+
+class NodeJoin(Strict):
+    join_token: str = Field(min_length=8, max_length=256)
+    region: RegionId
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    public_key: str
+    endpoint: str
+
+    _pk = field_validator("public_key")(classmethod(lambda cls, v: _check_public_key(v)))
+    _ep = field_validator("endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))
+
+
+class NodeKeyUpdate(Strict):
+    public_key: str
+
+    _pk = field_validator("public_key")(classmethod(lambda cls, v: _check_public_key(v)))
+
+
+class NodeEndpointUpdate(Strict):
+    endpoint: str
+
+    _ep = field_validator("endpoint")(classmethod(lambda cls, v: _check_endpoint(v)))
+
+
+class Peer(BaseModel):
+    node_id: str
+    name: str
+    region: RegionId
+    public_key: str
+    endpoint: str
+    overlay_ip: str
+    allowed_ips: list[str]
+
+
+class PeerList(BaseModel):
+    node_id: str
+    generation: int
+    overlay_cidr: str
+    peers: list[Peer]
+
+
+class NodeOut(BaseModel):
+    id: str
+    name: str
+    region: RegionId
+    public_key: str
+    endpoint: str
+    overlay_ip: str
+    joined_at: datetime
+    last_report_at: datetime | None = None
+    up: bool = False
+    last_seq: int | None = None
+    reports_accepted: int = 0
+
+
+class NodeJoined(BaseModel):
+    node_id: str
+    node_token: str = Field(description="The node credential, shown once")
+    overlay_ip: str
+    overlay_cidr: str
+    region: RegionId
+    peers: PeerList
+
+
+# --- reports -------------------------------------------------------------------------------
+
+
+class PeerStats(Strict):
+    peer_node_id: str = Field(min_length=1, max_length=64)
+    sent: int = Field(ge=0, le=10_000_000)
+    received: int = Field(ge=0, le=10_000_000)
+    rtt_min_ms: float | None = Field(default=None, ge=0, le=60_000)
+    rtt_p50_ms: float | None = Field(default=None, ge=0, le=60_000)
+    rtt_p90_ms: float | None = Field(default=None, ge=0, le=60_000)
+    rtt_max_ms: float | None = Field(default=None, ge=0, le=60_000)
+    jitter_ms: float | None = Field(default=None, ge=0, le=60_000)
+    reorders: int = Field(default=0, ge=0)
+    duplicates: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PeerStats:
+        for name in ("rtt_min_ms", "rtt_p50_ms", "rtt_p90_ms", "rtt_max_ms", "jitter_ms"):
+            _finite(getattr(self, name), name)
+        if self.received > self.sent + self.duplicates:
+            raise ValueError("received must not exceed sent (plus duplicates)")
+        if self.received > 0 and self.rtt_p50_ms is None:
+            raise ValueError("rtt_p50_ms is required when received > 0")
+        return self
+
+    @property
+    def loss_percent(self) -> float:
+        if self.sent == 0:
+            return 0.0
+        return max(0.0, 100.0 * (self.sent - min(self.received, self.sent)) / self.sent)
+
+
+class ReportIn(Strict):
+    node_id: str = Field(min_length=1, max_length=64)
+    seq: int = Field(ge=0, description="Per-node window counter; a repeated seq is a duplicate")
+    window_start: datetime
+    window_s: float = Field(gt=0, le=300)
+    peers: list[PeerStats] = Field(max_length=2000)
+
+    @field_validator("window_s")
+    @classmethod
+    def _finite_window(cls, v: float) -> float:
+        _finite(v, "window_s")
+        return v
+
+
+class ReportAck(BaseModel):
+    node_id: str
+    seq: int
+    accepted: bool
+    duplicate: bool = False
+
+
+# --- links, routes, placement --------------------------------------------------------------
+
+
+class LinkOut(BaseModel):
+    src: RegionId
+    dst: RegionId
+    rtt_p50_ms: float
+    rtt_p90_ms: float
+    jitter_ms: float
+    loss_percent: float
+    age_s: float
+    samples: int
+    fresh: bool
+
+
+class LinksOut(BaseModel):
+    generated_at: datetime
+    stale_after_s: float
+    links: list[LinkOut]
+
+
+class RoutingWeightsOut(BaseModel):
+    loss_weight: float
+    jitter_weight: float
+    relay_penalty_ms: float
+    hysteresis_ratio: float
+    max_relays: int
+    stale_after_s: float
+
+
+class RouteOut(BaseModel):
+    src: RegionId
+    dst: RegionId
+    path: list[RegionId]
+    rtt_ms: float | None
+    cost: float | None
+    via_relay: bool
+    reachable: bool
+    generation: int
+
+
+class RouteCandidate(BaseModel):
+    path: list[RegionId]
+    rtt_ms: float | None
+    cost: float | None
+    usable: bool
+    chosen: bool = False
+    note: str | None = None
+
+
+class RouteExplained(RouteOut):
+    reason: str
+    weights: RoutingWeightsOut
+    candidates: list[RouteCandidate]
+
+
+class RouteTableOut(BaseModel):
+    generation: int
+    computed_at: datetime | None
+    weights: RoutingWeightsOut
+    routes: list[RouteOut]
+
+
+class PlacementCandidate(BaseModel):
+    region: RegionId
+    state: RegionState
+    rtt_ms: float | None = None
+    distance_km: float | None = None
+    note: str | None = None
+
+
+class PlacementOut(BaseModel):
+    region: RegionId
+    reason: str
+    rtt_ms: float | None = None
+    distance_km: float | None = None
+    alternatives: list[PlacementCandidate] = Field(default_factory=list)
+
+
+# --- events and status ---------------------------------------------------------------------
+
+EventKind = Literal[
+    "drain",
+    "undrain",
+    "degraded",
+    "recovered",
+    "freeze",
+    "unfreeze",
+    "join",
+    "leave",
+    "key_rotated",
+    "route_change",
+    "region_added",
+    "leader",
+    "alert",
+]
+
+
+class EventOut(BaseModel):
+    id: int
+    ts: datetime
+    kind: EventKind
+    region: str | None = None
+    node_id: str | None = None
+    reason: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReplicaOut(BaseModel):
+    replica_id: str
+    is_leader: bool
+    generation: int
+    lag_generations: int
+    seen_at: datetime | None = None
+
+
+class StatusOut(BaseModel):
+    generation: int
+    computed_at: datetime | None
+    recompute_age_s: float | None
+    regions_by_state: dict[str, int]
+    regions: list[RegionOut]
+    nodes_up: int
+    nodes_down: int
+    frozen: bool
+    alerts: list[str]
+    leader: str | None = None
+    leader_since: datetime | None = None
+    replica_id: str | None = None
+    replicas: list[ReplicaOut] = Field(default_factory=list)
+    degraded_store: bool = False
+
+
+class ErrorOut(BaseModel):
+    detail: str | list[dict[str, Any]]
+
+
+class RouteChange(BaseModel):
+    src: RegionId
+    dst: RegionId
+    before: list[RegionId] | None
+    after: list[RegionId] | None
+
+
+class PlacementChange(BaseModel):
+    near: RegionId
+    before: RegionId | None
+    after: RegionId | None
+
+
+class DrainPreview(BaseModel):
+    region: RegionId
+    dry_run: bool = True
+    already_drained: bool
+    routes_changed: list[RouteChange]
+    placements_changed: list[PlacementChange]
+    summary: str

@@ -1,0 +1,209 @@
+"""Region health from many observers, with hysteresis, a drain cap and a freeze.
+
+`observe` turns one window of links into per-region observations; `step` advances the state
+machine by one window and returns the events to record. Both are pure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from meshctl.core.links import RegionLink
+
+State = Literal["active", "degraded", "drained"]
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    bad_loss_percent: float = 20.0
+    bad_rtt_ratio: float = 1.5
+    bad_rtt_extra_ms: float = 25.0
+    degrade_after: int = 3
+    recover_after: int = 5
+    hold_s: float = 30.0
+    max_auto_drain_fraction: float = 0.34
+    freeze_fraction: float = 0.5
+    report_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class Observation:
+    region: str
+    reporting: bool
+    observers_total: int
+    observers_bad: int
+    reason: str
+
+    @property
+    def bad(self) -> bool:
+        return not self.reporting or (self.observers_total > 0 and 2 * self.observers_bad > self.observers_total)
+
+
+@dataclass
+class RegionHealthState:
+    state: State = "active"
+    auto_drained: bool = False
+    bad_streak: int = 0
+    good_streak: int = 0
+    since: float = 0.0
+    drained_at: float | None = None
+    reason: str = ""
+    alerted: bool = False
+
+
+@dataclass
+class HealthState:
+    regions: dict[str, RegionHealthState] = field(default_factory=dict)
+    frozen: bool = False
+    frozen_since: float | None = None
+
+
+@dataclass(frozen=True)
+class HealthEvent:
+    kind: Literal["degraded", "drain", "recovered", "undrain", "freeze", "unfreeze", "alert"]
+    region: str | None
+    reason: str
+
+
+def initial_state(regions: Sequence[str]) -> HealthState:
+    return HealthState(regions={r: RegionHealthState() for r in regions})
+
+
+def _sees_bad(link: RegionLink, baseline: float | None, policy: HealthPolicy) -> str | None:
+    if link.loss_percent >= policy.bad_loss_percent or not math.isfinite(link.rtt_p50_ms):
+        return f"{link.loss_percent:.0f}% loss"
+    if baseline is not None and link.rtt_p50_ms > baseline * policy.bad_rtt_ratio + policy.bad_rtt_extra_ms:
+        return f"RTT {link.rtt_p50_ms:.0f} ms vs {baseline:.0f} ms usual"
+    return None
+
+
+def observe(
+    regions: Sequence[str],
+    links: Mapping[tuple[str, str], RegionLink],
+    baselines: Mapping[tuple[str, str], float],
+    last_report_at: Mapping[str, float],
+    now: float,
+    policy: HealthPolicy,
+) -> dict[str, Observation]:
+    """One window's view of each region, from every other reporting region that measures it.
+
+    A region that has never reported is not judged (its nodes may still be starting).
+    """
+    reporting = {
+        r: (r not in last_report_at) or (now - last_report_at[r] <= policy.report_timeout_s) for r in regions
+    }
+    out: dict[str, Observation] = {}
+    for target in regions:
+        total = bad = 0
+        why: dict[str, int] = {}
+        for src in regions:
+            if src == target or not reporting[src] or src not in last_report_at:
+                continue
+            link = links.get((src, target))
+            if link is None:
+                continue
+            total += 1
+            verdict = _sees_bad(link, baselines.get((src, target)), policy)
+            if verdict is not None:
+                bad += 1
+                key = "loss" if "loss" in verdict else "rtt"
+                why[key] = why.get(key, 0) + 1
+        if not reporting[target]:
+            silent = now - last_report_at[target]
+            reason = f"its nodes stopped reporting {silent:.0f} s ago"
+        elif total and 2 * bad > total:
+            kind = "high loss" if why.get("loss", 0) >= why.get("rtt", 0) else "high RTT"
+            reason = f"{bad}/{total} observing regions see {kind} toward it"
+        else:
+            reason = f"{bad}/{total} observing regions see it bad"
+        out[target] = Observation(target, reporting[target], total, bad, reason)
+    return out
+
+
+def step(
+    state: HealthState,
+    observations: Mapping[str, Observation],
+    manual_drains: Collection[str],
+    policy: HealthPolicy,
+    now: float,
+) -> tuple[HealthState, list[HealthEvent]]:
+    """Advance one window: streaks, drains (capped), recoveries (held), freeze."""
+    events: list[HealthEvent] = []
+    regions = {r: replace(s) for r, s in state.regions.items()}
+    judged = list(observations)
+    silent = sum(1 for o in observations.values() if not o.reporting)
+    frozen = bool(judged) and silent > policy.freeze_fraction * len(judged)
+    frozen_since = state.frozen_since
+    if frozen and not state.frozen:
+        frozen_since = now
+        events.append(
+            HealthEvent(
+                "freeze",
+                None,
+                f"reports from {silent} of {len(judged)} regions stopped at once: most likely the controller's "
+                "own network; draining nothing until they return",
+            )
+        )
+    elif not frozen and state.frozen:
+        frozen_since = None
+        events.append(HealthEvent("unfreeze", None, f"reports are back from {len(judged) - silent} regions"))
+
+    cap = math.floor(policy.max_auto_drain_fraction * len(judged))
+    auto_drained = sum(1 for r, s in regions.items() if s.auto_drained and r not in manual_drains)
+    for region in sorted(judged):
+        obs = observations[region]
+        s = regions.setdefault(region, RegionHealthState(since=now))
+        if obs.bad:
+            s.bad_streak += 1
+            s.good_streak = 0
+        else:
+            s.good_streak += 1
+            s.bad_streak = 0
+        if region in manual_drains:
+            continue  # the operator's drain: never touched here
+        if s.state in ("active", "degraded") and s.bad_streak >= policy.degrade_after and not frozen:
+            if auto_drained + 1 > cap:
+                if not s.alerted:
+                    events.append(
+                        HealthEvent(
+                            "alert",
+                            region,
+                            f"{region} looks down ({obs.reason}) but {auto_drained} of {len(judged)} regions are "
+                            f"already drained automatically (max {policy.max_auto_drain_fraction:.0%}): not draining",
+                        )
+                    )
+                    s.alerted = True
+                if s.state == "active":
+                    s.state, s.since, s.reason = "degraded", now, obs.reason
+                    events.append(HealthEvent("degraded", region, obs.reason))
+            else:
+                s.state, s.auto_drained, s.since, s.drained_at = "drained", True, now, now
+                s.reason = f"{obs.reason} for {s.bad_streak} windows in a row"
+                s.alerted = False
+                auto_drained += 1
+                events.append(HealthEvent("drain", region, s.reason))
+        elif s.state == "degraded" and s.good_streak >= policy.recover_after:
+            s.state, s.since, s.reason, s.alerted = "active", now, "recovered", False
+            events.append(HealthEvent("recovered", region, f"{policy.recover_after} good windows in a row"))
+        elif (
+            s.state == "drained"
+            and s.auto_drained
+            and s.good_streak >= policy.recover_after
+            and s.drained_at is not None
+            and now - s.drained_at >= policy.hold_s
+        ):
+            held = now - s.drained_at
+            s.state, s.auto_drained, s.since, s.drained_at = "active", False, now, None
+            s.reason = "recovered"
+            auto_drained -= 1
+            events.append(
+                HealthEvent(
+                    "undrain",
+                    region,
+                    f"recovered: {policy.recover_after} good windows in a row after {held:.0f} s drained",
+                )
+            )
+    return HealthState(regions=regions, frozen=frozen, frozen_since=frozen_since), events

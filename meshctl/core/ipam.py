@@ -1,0 +1,37 @@
+"""Overlay addresses: one subnet per region by a never-reused ordinal; no address twice."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Collection
+
+DEFAULT_OVERLAY = "100.96.0.0/12"
+
+
+class SubnetExhausted(RuntimeError):
+    """No address (or no region subnet) left."""
+
+
+def region_subnet(overlay_cidr: str, ordinal: int, prefix: int) -> ipaddress.IPv4Network:
+    """The ordinal-th subnet of size /prefix inside the overlay."""
+    overlay = ipaddress.IPv4Network(overlay_cidr)
+    if prefix < overlay.prefixlen or prefix > 30:
+        raise ValueError(f"region prefix /{prefix} does not fit in {overlay}")
+    count = 1 << (prefix - overlay.prefixlen)
+    if not 0 <= ordinal < count:
+        raise SubnetExhausted(f"{overlay} holds {count} region subnets of /{prefix}; ordinal {ordinal} is past them")
+    size = 1 << (32 - prefix)
+    return ipaddress.IPv4Network((int(overlay.network_address) + ordinal * size, prefix))
+
+
+def next_address(subnet: ipaddress.IPv4Network | str, used: Collection[str]) -> str:
+    """The lowest host address never handed out (skips network, broadcast and the first host)."""
+    net = ipaddress.IPv4Network(subnet)
+    taken = set(used)
+    first = int(net.network_address) + 2
+    last = int(net.broadcast_address) - 1
+    for value in range(first, last + 1):
+        addr = str(ipaddress.IPv4Address(value))
+        if addr not in taken:
+            return addr
+    raise SubnetExhausted(f"no address left in {net}")

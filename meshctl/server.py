@@ -1,0 +1,74 @@
+"""`meshctl serve`: run the controller with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from meshctl.api.app import create_app
+from meshctl.settings import Settings
+
+
+def serve(
+    host: str | None = None,
+    port: int | None = None,
+    database_url: str | None = None,
+    replica_id: str | None = None,
+    log_level: str = "info",
+    **overrides: object,
+) -> None:
+    """Start the controller; flags override MESH_* environment settings."""
+    given = {
+        k: v
+        for k, v in {
+            "host": host,
+            "port": port,
+            "database_url": database_url,
+            "replica_id": replica_id,
+            **overrides,
+        }.items()
+        if v is not None
+    }
+    settings = Settings(**given)  # type: ignore[arg-type]
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    where = f"http://{settings.host}:{settings.port}"
+    print(
+        f"meshctl controller {settings.replica_id} on {where} (API docs: {where}/docs), "
+        f"database {_redact(settings.database_url)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5
+    )
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m meshctl.server`: the same as `meshctl serve`, without the CLI's dependencies."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m meshctl.server", description=serve.__doc__)
+    ap.add_argument("--host")
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--database-url")
+    ap.add_argument("--replica-id")
+    ap.add_argument("--log-level", default="info")
+    args = ap.parse_args(argv)
+    serve(args.host, args.port, args.database_url, args.replica_id, args.log_level)
+
+
+if __name__ == "__main__":
+    main()

