@@ -130,8 +130,9 @@ def _min_plus_rows(a_t: np.ndarray, b: np.ndarray, relays: list[int], out: np.nd
     for s in range(i0, i1, block):
         e = min(i1, s + block)
         blk, t = out[s:e], tmp[: e - s]
-        for k in relays:
-            add(a_t[k, s:e, None], b[k], out=t)
+        cols = a_t[:, s:e, None]
+        for col, row in zip([cols[k] for k in relays], [b[k] for k in relays], strict=True):
+            add(col, row, out=t)
             minimum(blk, t, out=blk)
 
 
