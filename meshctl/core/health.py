@@ -92,9 +92,7 @@ def observe(
 
     A region that has never reported is not judged (its nodes may still be starting).
     """
-    reporting = {
-        r: (r not in last_report_at) or (now - last_report_at[r] <= policy.report_timeout_s) for r in regions
-    }
+    reporting = {r: (r not in last_report_at) or (now - last_report_at[r] <= policy.report_timeout_s) for r in regions}
     out: dict[str, Observation] = {}
     for target in regions:
         total = bad = 0

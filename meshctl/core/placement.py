@@ -101,12 +101,18 @@ def place(
                 candidate(r, "same metro, other cloud")
                 for r in healthy
                 if metro and regions[r].metro == metro and regions[r].cloud != regions[near].cloud
-            ] + [candidate(r, "same metro") for r in healthy if metro and regions[r].metro == metro and r != near
-                 and regions[r].cloud == regions[near].cloud]
+            ] + [
+                candidate(r, "same metro")
+                for r in healthy
+                if metro and regions[r].metro == metro and r != near and regions[r].cloud == regions[near].cloud
+            ]
             if same_metro:
                 chosen = min(same_metro, key=rank)
-                reason = f"{near} is {own_state}; {chosen.region} is in the same metro ({metro}) on another cloud" if (
-                    chosen.note == "same metro, other cloud") else f"{near} is {own_state}; {chosen.region} is in the same metro ({metro})"
+                reason = (
+                    f"{near} is {own_state}; {chosen.region} is in the same metro ({metro}) on another cloud"
+                    if (chosen.note == "same metro, other cloud")
+                    else f"{near} is {own_state}; {chosen.region} is in the same metro ({metro})"
+                )
             else:
                 others = [candidate(r) for r in healthy]
                 measured = [c for c in others if c.rtt_ms is not None]

@@ -271,9 +271,7 @@ def compute_routes(
     return RouteTable(regions=regions, index=index, cost=best, rtt=est_rtt, relays=relays)
 
 
-def diff_routes(
-    old: RouteTable | None, new: RouteTable
-) -> list[tuple[str, str, list[str] | None, list[str] | None]]:
+def diff_routes(old: RouteTable | None, new: RouteTable) -> list[tuple[str, str, list[str] | None, list[str] | None]]:
     """Pairs whose path changed (all reachable pairs when there was no old table)."""
     regs = new.regions
     if old is None or old.regions != regs:

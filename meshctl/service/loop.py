@@ -75,6 +75,7 @@ class ControlLoop:
         lease = await asyncio.to_thread(ctl.store.acquire_or_renew, ctl.settings.replica_id, now, ctl.settings.lease_s)
         leading = lease.holder == ctl.settings.replica_id
         ctl.leader = lease.holder if lease.expires_at > now else None
+        ctl.leader_since = lease.acquired_at if ctl.leader is not None else None
         if leading and not ctl.is_leader:
             await self._become_leader(lease.epoch, lease.acquired_at)
         elif not leading and ctl.is_leader:

@@ -536,16 +536,20 @@ class Store:
         try:
             with self._tx() as s:
                 s.execute(select(LeaseRow).where(LeaseRow.name == LEADER_LEASE).with_for_update())
-                stmt = insert(RouteTableRow).from_select(
-                    ["generation", "epoch", "holder", "computed_at", "body"],
-                    select(
-                        _literal(generation),
-                        _literal(epoch),
-                        _literal(holder),
-                        _literal(now),
-                        _json_literal(body),
-                    ).where(exists(lease_ok)),
-                ).returning(RouteTableRow.generation)
+                stmt = (
+                    insert(RouteTableRow)
+                    .from_select(
+                        ["generation", "epoch", "holder", "computed_at", "body"],
+                        select(
+                            _literal(generation),
+                            _literal(epoch),
+                            _literal(holder),
+                            _literal(now),
+                            _json_literal(body),
+                        ).where(exists(lease_ok)),
+                    )
+                    .returning(RouteTableRow.generation)
+                )
                 return s.execute(stmt).first() is not None
         except IntegrityError:
             return False

@@ -16,8 +16,13 @@ def obs(bad: set[str] = frozenset(), silent: set[str] = frozenset()) -> dict[str
     }
 
 
-def run(state: HealthState, windows: list[dict[str, Observation]], t0: float = 0.0, manual: set[str] = frozenset(),  # type: ignore[assignment]
-        policy: HealthPolicy = POLICY) -> tuple[HealthState, list[tuple[float, str, str | None]]]:
+def run(
+    state: HealthState,
+    windows: list[dict[str, Observation]],
+    t0: float = 0.0,
+    manual: set[str] = frozenset(),  # type: ignore[assignment]
+    policy: HealthPolicy = POLICY,
+) -> tuple[HealthState, list[tuple[float, str, str | None]]]:
     events = []
     for n, o in enumerate(windows):
         now = t0 + n
@@ -48,7 +53,9 @@ def test_high_rtt_against_baseline_is_bad() -> None:
     links = {(s, d): link(s, d, rtt=10.0) for s in regions for d in regions if s != d}
     links[("a:x", "c:z")] = link("a:x", "c:z", rtt=80.0)
     links[("b:y", "c:z")] = link("b:y", "c:z", rtt=80.0)
-    o = observe(regions, links, {("a:x", "c:z"): 10.0, ("b:y", "c:z"): 10.0}, dict.fromkeys(regions, 100.0), 100.0, POLICY)
+    o = observe(
+        regions, links, {("a:x", "c:z"): 10.0, ("b:y", "c:z"): 10.0}, dict.fromkeys(regions, 100.0), 100.0, POLICY
+    )
     assert o["c:z"].bad and "RTT" in o["c:z"].reason
 
 
