@@ -32,6 +32,9 @@ def serve(
         if v is not None
     }
     settings = Settings(**given)  # type: ignore[arg-type]
+    # The store runs in worker threads; with the default 5 ms GIL switch interval every
+    # hand-back from the database driver waits on the event loop's thread (a convoy).
+    sys.setswitchinterval(0.0005)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     where = f"http://{settings.host}:{settings.port}"

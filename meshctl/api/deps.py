@@ -18,14 +18,14 @@ def get_controller(request: Request) -> Controller:
 Ctl = Annotated[Controller, Depends(get_controller)]
 
 
-def _bearer(request: Request) -> str | None:
+def bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 async def get_principal(request: Request, ctl: Ctl) -> Principal:
-    return await ctl.authenticate(_bearer(request))
+    return await ctl.authenticate(bearer(request))
 
 
 def require(scope: str):  # type: ignore[no-untyped-def]

@@ -91,6 +91,17 @@ class LinkBook:
         d["loss"][slot] = loss_percent
         d["at"][slot] = at
 
+    def record_many(
+        self,
+        observer_node: str,
+        observer_region: str,
+        samples: list[tuple[str, str, float | None, float | None, float | None, float]],
+        at: float,
+    ) -> None:
+        """Record one report's samples: (target node, target region, p50, p90, jitter, loss%)."""
+        for target_node, target_region, p50, p90, jitter, loss in samples:
+            self.record(observer_node, observer_region, target_node, target_region, p50, p90, jitter, loss, at)
+
     def forget_node(self, node_id: str) -> None:
         """Drop every sample the node made or was the target of."""
         for key in self._by_node.pop(node_id, set()):

@@ -339,7 +339,7 @@ def explain_route(
         if key in seen:
             continue
         seen.add(key)
-        usable = math.isfinite(c) and note is None or (math.isfinite(c) and note is not None and "drained" not in note)
+        usable = (math.isfinite(c) and note is None) or (math.isfinite(c) and note is not None and "drained" not in note)
         is_chosen = chosen_idx == key
         path_rtt = sum(float(rtt[a, b]) for a, b in zip(path, path[1:], strict=False))
         if is_chosen and len(path) > 2 and math.isfinite(direct) and c > direct * (1 - weights.hysteresis_ratio):

@@ -8,10 +8,11 @@ recompute/drain loop (see `meshctl.service.loop`); the others follow the publish
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -65,6 +66,9 @@ class Conflict(ServiceError):
 
 class Unavailable(ServiceError):
     status = 503
+
+
+PeerSample = tuple[str, int, int, float | None, float | None, float | None]
 
 
 def ts(epoch: float | None) -> datetime | None:
@@ -527,8 +531,11 @@ class Controller:
 
     # --- reports -------------------------------------------------------------------------
 
-    async def ingest(self, who: Principal, report: s.ReportIn) -> s.ReportAck:
-        """Validate, write durably (group commit), then fold into the link book."""
+    async def ingest(self, who: Principal, report: s.ReportIn, raw: str) -> s.ReportAck:
+        """Check, write durably (group commit), then fold into the link book.
+
+        `raw` is the accepted JSON text: stored as is, never re-serialised.
+        """
         reject = self.metrics.reports_rejected
         if who.kind != "node":
             reject.labels("not_a_node").inc()
@@ -567,10 +574,9 @@ class Controller:
             reject.labels("duplicate").inc()
             raise Conflict(f"seq: window {report.seq} of {node.id} was already accepted", field="seq")
         pending.add(report.seq)
-        body = report.model_dump(mode="json")
         try:
             written = await self.writer.submit(
-                {"node_id": node.id, "seq": report.seq, "window_start": start, "received_at": now, "body": body}
+                {"node_id": node.id, "seq": report.seq, "window_start": start, "received_at": now, "body": raw}
             )
         except Exception as exc:
             reject.labels("store").inc()
@@ -587,31 +593,32 @@ class Controller:
         node.last_report_at = max(node.last_report_at or 0, now)
         node.last_seq = max(node.last_seq if node.last_seq is not None else -1, report.seq)
         node.reports_accepted += 1
-        self.record_report(node, body, start + report.window_s, now)
+        samples = [(p.peer_node_id, p.sent, p.received, p.rtt_p50_ms, p.rtt_p90_ms, p.jitter_ms) for p in report.peers]
+        self.record_report(node, samples, start + report.window_s, now)
         self.metrics.reports_ingested.inc()
         return s.ReportAck(node_id=node.id, seq=report.seq, accepted=True)
 
-    def record_report(self, node: NodeRow, body: dict[str, Any], window_end: float, received: float) -> None:
+    def record_report(self, node: NodeRow, peers: Iterable[PeerSample], window_end: float, received: float) -> None:
         """Fold one report into the link book (also used for reports pulled from other replicas)."""
         at = min(window_end, received)
         self.region_last_report[node.region] = max(self.region_last_report.get(node.region, 0), received)
-        for p in body["peers"]:
-            target = self.nodes.get(p["peer_node_id"])
-            if target is None or p["sent"] == 0:
+        samples = []
+        for peer_id, sent, got, p50, p90, jitter in peers:
+            target = self.nodes.get(peer_id)
+            if target is None or sent == 0:
                 continue
-            sent, received_n = p["sent"], min(p["received"], p["sent"])
-            loss = 100.0 * (sent - received_n) / sent
-            self.linkbook.record(
-                node.id,
-                node.region,
-                target.id,
-                target.region,
-                p.get("rtt_p50_ms"),
-                p.get("rtt_p90_ms"),
-                p.get("jitter_ms"),
-                loss,
-                at,
-            )
+            loss = 100.0 * (sent - min(got, sent)) / sent
+            samples.append((target.id, target.region, p50, p90, jitter, loss))
+        self.linkbook.record_many(node.id, node.region, samples, at)
+
+    def record_stored_report(self, node: NodeRow, body: str, window_start: float, received: float) -> None:
+        """A report another replica accepted (JSON text from the store)."""
+        data = json.loads(body)
+        peers = [
+            (p["peer_node_id"], p["sent"], p["received"], p.get("rtt_p50_ms"), p.get("rtt_p90_ms"), p.get("jitter_ms"))
+            for p in data["peers"]
+        ]
+        self.record_report(node, peers, window_start + float(data["window_s"]), received)
 
     async def _write_reports(self, rows: list[dict[str, Any]]) -> list[bool]:
         return await asyncio.to_thread(self.store.insert_reports, rows, self.settings.replica_id)

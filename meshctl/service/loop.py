@@ -106,7 +106,7 @@ class ControlLoop:
         for row in recent:
             node = ctl.nodes.get(row.node_id)
             if node is not None:
-                ctl.record_report(node, row.body, row.window_start + row.body["window_s"], row.received_at)
+                ctl.record_stored_report(node, row.body, row.window_start, row.received_at)
         ctl.report_cursor = await asyncio.to_thread(ctl.store.max_report_id)
         ctl.health = _health_from_drains(ctl)
         await asyncio.to_thread(
@@ -136,7 +136,7 @@ class ControlLoop:
             if node is None:
                 continue
             node.last_report_at = max(node.last_report_at or 0, row.received_at)
-            ctl.record_report(node, row.body, row.window_start + row.body["window_s"], row.received_at)
+            ctl.record_stored_report(node, row.body, row.window_start, row.received_at)
 
     async def _recompute(self, now: float) -> None:
         ctl = self.ctl

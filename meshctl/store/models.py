@@ -97,7 +97,7 @@ class ReportRow(Base):
     window_start: Mapped[float] = mapped_column(Float)
     received_at: Mapped[float] = mapped_column(Float, index=True)
     replica_id: Mapped[str] = mapped_column(String(64))
-    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    body: Mapped[str] = mapped_column(Text, doc="the report as JSON text, exactly as accepted")
 
 
 class EventRow(Base):

@@ -93,7 +93,7 @@ def upgrade() -> None:
         sa.Column("window_start", sa.Float(), nullable=False),
         sa.Column("received_at", sa.Float(), nullable=False),
         sa.Column("replica_id", sa.String(length=64), nullable=False),
-        sa.Column("body", sa.JSON(), nullable=False),
+        sa.Column("body", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("node_id", "seq", name="uq_reports_node_seq"),
     )
