@@ -122,7 +122,8 @@ class ControllerProcess:
             [
                 sys.executable,
                 "-m",
-                "meshctl.server",
+                "meshctl",
+                "serve",
                 "--host",
                 self.host,
                 "--port",
