@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import multiprocessing
-import threading
 import json
+import multiprocessing
 import sqlite3
 import statistics
+import threading
 import time
 from datetime import UTC, datetime
-
-import httpx
 
 from bench._server import rss_mb, start_controller, tmpdir
 
@@ -43,8 +41,12 @@ def _worker(args: tuple[str, list[tuple[str, bytes]], int]) -> tuple[list[float]
             token, body = job
             t0 = time.perf_counter()
             if body:
-                conn.request("POST", "/v1/reports", body=body, headers={
-                    "Authorization": f"Bearer {token}", "content-type": "application/json"})
+                conn.request(
+                    "POST",
+                    "/v1/reports",
+                    body=body,
+                    headers={"Authorization": f"Bearer {token}", "content-type": "application/json"},
+                )
             else:
                 conn.request("GET", "/healthz")
             resp = conn.getresponse()
@@ -63,7 +65,9 @@ def _worker(args: tuple[str, list[tuple[str, bytes]], int]) -> tuple[list[float]
     return latencies, codes
 
 
-def fire(url: str, jobs: list[tuple[str, bytes]], concurrency: int, processes: int = 2) -> tuple[list[float], dict[int, int]]:
+def fire(
+    url: str, jobs: list[tuple[str, bytes]], concurrency: int, processes: int = 2
+) -> tuple[list[float], dict[int, int]]:
     """Send the jobs from `processes` client processes; each node's windows stay in order."""
     shards: list[list[tuple[str, bytes]]] = [[] for _ in range(processes)]
     for n, job in enumerate(jobs):

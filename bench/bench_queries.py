@@ -14,9 +14,8 @@ import shutil
 import subprocess
 import time
 
-from meshctl.core.rttdata import parse_skyplane_csv
-
 from bench._server import start_bare, start_controller, tmpdir
+from meshctl.core.rttdata import parse_skyplane_csv
 
 DATA = "../shared/data/cloud-rtt-skyplane.csv"
 

@@ -79,8 +79,10 @@ class Client:
             ) from exc
         if resp.status_code == 401:
             hint = "the token was refused" if self.has_token else "no token given"
-            raise AuthError(f"{hint} (401: {_detail(resp)}): set --token or MESHCTL_TOKEN, "
-                            "or `meshctl config set-context NAME --token ...`")
+            raise AuthError(
+                f"{hint} (401: {_detail(resp)}): set --token or MESHCTL_TOKEN, "
+                "or `meshctl config set-context NAME --token ...`"
+            )
         if resp.status_code == 403:
             raise AuthError(f"not allowed (403): {_detail(resp)}; ask an admin for a token with that scope")
         if resp.status_code == 404:
@@ -109,8 +111,9 @@ class Client:
         return self.request("PUT", f"/v1/regions/{rid}", json=body)
 
     def drain(self, rid: str, reason: str, dry_run: bool = False) -> Any:
-        return self.request("POST", f"/v1/regions/{rid}/drain", json={"reason": reason},
-                            params={"dry_run": "true"} if dry_run else None)
+        return self.request(
+            "POST", f"/v1/regions/{rid}/drain", json={"reason": reason}, params={"dry_run": "true"} if dry_run else None
+        )
 
     def undrain(self, rid: str) -> Any:
         return self.request("DELETE", f"/v1/regions/{rid}/drain")

@@ -11,7 +11,7 @@ import contextlib
 import importlib
 import sys
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -48,7 +48,7 @@ app.add_typer(overlay_app, name="overlay")
 app.add_typer(config_app, name="config")
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     table = "table"
     json = "json"
     yaml = "yaml"
@@ -103,7 +103,9 @@ def progress(message: str) -> Any:
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    controller: Annotated[str | None, typer.Option("--controller", help="Controller URL (env MESHCTL_CONTROLLER).")] = None,
+    controller: Annotated[
+        str | None, typer.Option("--controller", help="Controller URL (env MESHCTL_CONTROLLER).")
+    ] = None,
     token: Annotated[str | None, typer.Option("--token", help="Bearer token (env MESHCTL_TOKEN).")] = None,
     context: Annotated[str | None, typer.Option("--context", help="Named context from the config file.")] = None,
     out_format: Annotated[Output, typer.Option("-o", "--output", help="table, json or yaml.")] = Output.table,
@@ -118,7 +120,9 @@ def main_options(
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address (env MESH_HOST, default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (env MESH_PORT, default 8080).")] = None,
-    database_url: Annotated[str | None, typer.Option(help="sqlite:///PATH or postgresql://... (env MESH_DATABASE_URL).")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="sqlite:///PATH or postgresql://... (env MESH_DATABASE_URL).")
+    ] = None,
     replica_id: Annotated[str | None, typer.Option(help="This replica's name (env MESH_REPLICA_ID).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
 ) -> None:
@@ -146,10 +150,22 @@ def status(ctx: typer.Context) -> None:
 @regions_app.command("list")
 def regions_list(ctx: typer.Context) -> None:
     """All regions with state and nodes.  Example: meshctl regions list -o json"""
+
     def render(rows: list[dict[str, Any]]) -> Any:
-        return output.table(None, ["region", "state", "nodes", "metro", "reason"], [
-            [r["id"], output.state_text(r["state"]), f"{r['nodes_up']}/{r['nodes_total']}", r.get("metro"),
-             (r.get("drain") or {}).get("reason")] for r in rows])
+        return output.table(
+            None,
+            ["region", "state", "nodes", "metro", "reason"],
+            [
+                [
+                    r["id"],
+                    output.state_text(r["state"]),
+                    f"{r['nodes_up']}/{r['nodes_total']}",
+                    r.get("metro"),
+                    (r.get("drain") or {}).get("reason"),
+                ]
+                for r in rows
+            ],
+        )
 
     emit(ctx, state(ctx).client().regions(), render)
 
@@ -187,11 +203,23 @@ def regions_add(
 @nodes_app.command("list")
 def nodes_list(ctx: typer.Context) -> None:
     """All nodes.  Example: meshctl nodes list"""
+
     def render(rows: list[dict[str, Any]]) -> Any:
-        return output.table(None, ["node", "name", "region", "overlay", "up", "last report"], [
-            [n["id"], n["name"], n["region"], n["overlay_ip"],
-             output.state_text("active") if n["up"] else output.state_text("drained"), output.ago(n["last_report_at"])]
-            for n in rows])
+        return output.table(
+            None,
+            ["node", "name", "region", "overlay", "up", "last report"],
+            [
+                [
+                    n["id"],
+                    n["name"],
+                    n["region"],
+                    n["overlay_ip"],
+                    output.state_text("active") if n["up"] else output.state_text("drained"),
+                    output.ago(n["last_report_at"]),
+                ]
+                for n in rows
+            ],
+        )
 
     emit(ctx, state(ctx).client().nodes(), render)
 
@@ -214,10 +242,24 @@ def nodes_remove(ctx: typer.Context, node: str) -> None:
 @app.command()
 def links(ctx: typer.Context) -> None:
     """Every measured region link (p50/p90 RTT, jitter, loss, age).  Example: meshctl links -o json"""
+
     def render(data: dict[str, Any]) -> Any:
-        return output.table(None, ["from", "to", "p50", "p90", "jitter", "loss%", "age"], [
-            [x["src"], x["dst"], x["rtt_p50_ms"], x["rtt_p90_ms"], x["jitter_ms"], x["loss_percent"], f"{x['age_s']:.0f}s"]
-            for x in data["links"]])
+        return output.table(
+            None,
+            ["from", "to", "p50", "p90", "jitter", "loss%", "age"],
+            [
+                [
+                    x["src"],
+                    x["dst"],
+                    x["rtt_p50_ms"],
+                    x["rtt_p90_ms"],
+                    x["jitter_ms"],
+                    x["loss_percent"],
+                    f"{x['age_s']:.0f}s",
+                ]
+                for x in data["links"]
+            ],
+        )
 
     emit(ctx, state(ctx).client().links(), render)
 
@@ -248,9 +290,17 @@ def route(
 @app.command()
 def routes(ctx: typer.Context) -> None:
     """The whole route table.  Example: meshctl routes -o json"""
+
     def render(data: dict[str, Any]) -> Any:
-        rows = [[r["src"], r["dst"], " -> ".join(r["path"]) if r["reachable"] else "unreachable",
-                 "-" if r["rtt_ms"] is None else f"{r['rtt_ms']:.1f}"] for r in data["routes"]]
+        rows = [
+            [
+                r["src"],
+                r["dst"],
+                " -> ".join(r["path"]) if r["reachable"] else "unreachable",
+                "-" if r["rtt_ms"] is None else f"{r['rtt_ms']:.1f}",
+            ]
+            for r in data["routes"]
+        ]
         return output.table(f"generation {data['generation']}", ["from", "to", "path", "rtt ms"], rows)
 
     emit(ctx, state(ctx).client().routes(), render)
@@ -266,9 +316,13 @@ def placement(
     """Where a new session should go.  Example: meshctl placement --near aws:us-east-1"""
     if near is None and (lat is None or lon is None):
         raise typer.BadParameter("give --near REGION, or both --lat and --lon", param_hint="--near")
+
     def render(p: dict[str, Any]) -> Any:
-        return output.table(f"{p['region']}: {p['reason']}", ["alternative", "state", "rtt ms", "km"], [
-            [a["region"], output.state_text(a["state"]), a["rtt_ms"], a["distance_km"]] for a in p["alternatives"]])
+        return output.table(
+            f"{p['region']}: {p['reason']}",
+            ["alternative", "state", "rtt ms", "km"],
+            [[a["region"], output.state_text(a["state"]), a["rtt_ms"], a["distance_km"]] for a in p["alternatives"]],
+        )
 
     emit(ctx, state(ctx).client().placement(near, lat, lon), render)
 
@@ -293,8 +347,15 @@ def drain(
     if dry_run:
         emit(ctx, result, output.drain_preview_view)
     else:
-        emit(ctx, result, lambda r: output.table(None, ["region", "state", "reason"],
-                                                 [[r["id"], output.state_text(r["state"]), (r.get("drain") or {}).get("reason")]]))
+        emit(
+            ctx,
+            result,
+            lambda r: output.table(
+                None,
+                ["region", "state", "reason"],
+                [[r["id"], output.state_text(r["state"]), (r.get("drain") or {}).get("reason")]],
+            ),
+        )
 
 
 @app.command()
@@ -377,8 +438,18 @@ def tokens_create(
 @tokens_app.command("list")
 def tokens_list(ctx: typer.Context) -> None:
     """Active tokens (never their secrets).  Example: meshctl tokens list"""
-    emit(ctx, state(ctx).client().tokens(), lambda rows: output.table(None, ["id", "name", "scope", "created", "expires"], [
-        [t["id"], t["name"], t["scope"], t["created_at"][:19], (t.get("expires_at") or "never")[:19]] for t in rows]))
+    emit(
+        ctx,
+        state(ctx).client().tokens(),
+        lambda rows: output.table(
+            None,
+            ["id", "name", "scope", "created", "expires"],
+            [
+                [t["id"], t["name"], t["scope"], t["created_at"][:19], (t.get("expires_at") or "never")[:19]]
+                for t in rows
+            ],
+        ),
+    )
 
 
 @tokens_app.command("revoke")
@@ -435,7 +506,10 @@ def set_context(
     token: Annotated[str | None, typer.Option(help="Bearer token.")] = None,
     use: Annotated[bool, typer.Option("--use", help="Also make it the current context.")] = False,
 ) -> None:
-    """Create or update a context.  Example: meshctl config set-context prod --controller https://mesh.example:8080 --token T"""
+    """Create or update a context.
+
+    Example: meshctl config set-context prod --controller https://mesh.example:8080 --token T --use
+    """
     cfg = Config.load()
     cfg.set_context(name, controller, token)
     if use:
@@ -458,10 +532,24 @@ def use_context(name: str) -> None:
 def get_contexts(ctx: typer.Context) -> None:
     """List contexts (tokens hidden).  Example: meshctl config get-contexts"""
     cfg = Config.load()
-    rows = [{"name": n, "current": n == cfg.current_context, "controller": c.get("controller"),
-             "token": "set" if c.get("token") else "none"} for n, c in sorted(cfg.contexts.items())]
-    emit(ctx, rows, lambda rs: output.table(str(config_path()), ["current", "name", "controller", "token"], [
-        ["*" if r["current"] else "", r["name"], r["controller"], r["token"]] for r in rs]))
+    rows = [
+        {
+            "name": n,
+            "current": n == cfg.current_context,
+            "controller": c.get("controller"),
+            "token": "set" if c.get("token") else "none",
+        }
+        for n, c in sorted(cfg.contexts.items())
+    ]
+    emit(
+        ctx,
+        rows,
+        lambda rs: output.table(
+            str(config_path()),
+            ["current", "name", "controller", "token"],
+            [["*" if r["current"] else "", r["name"], r["controller"], r["token"]] for r in rs],
+        ),
+    )
 
 
 # --- sub-commands from other modules ----------------------------------------------------------

@@ -118,9 +118,14 @@ def status_view(st: dict[str, Any]) -> RenderableType:
     replicas = st.get("replicas") or []
     if len(replicas) > 1:
         parts.append(
-            table(None, ["replica", "leader", "generation", "lag"],
-                  [[x["replica_id"], "yes" if x["is_leader"] else "", x["generation"], x["lag_generations"]]
-                   for x in replicas])
+            table(
+                None,
+                ["replica", "leader", "generation", "lag"],
+                [
+                    [x["replica_id"], "yes" if x["is_leader"] else "", x["generation"], x["lag_generations"]]
+                    for x in replicas
+                ],
+            )
         )
     return Group(*parts)
 
@@ -142,8 +147,10 @@ def _cell(link: dict[str, Any] | None) -> Text:
 
 def matrix_view(links: list[dict[str, Any]], regions: Sequence[str] | None = None, width: int = 80) -> RenderableType:
     """The RTT matrix (p50 ms, rows = from, columns = to), grouped by cloud, paged to fit the width."""
-    ids = sorted(set(regions or []) | {x["src"] for x in links} | {x["dst"] for x in links},
-                 key=lambda r: (r.split(":", 1)[0], r))
+    ids = sorted(
+        set(regions or []) | {x["src"] for x in links} | {x["dst"] for x in links},
+        key=lambda r: (r.split(":", 1)[0], r),
+    )
     short = abbreviations(ids)
     by_pair = {(x["src"], x["dst"]): x for x in links}
     label_w = max([len(s) for s in short.values()] + [len("from\\to")])
@@ -197,14 +204,21 @@ def explain_view(r: dict[str, Any]) -> RenderableType:
     if "reason" in r:
         parts.append(Text(f"why: {r['reason']}"))
         w = r["weights"]
-        parts.append(Text(
-            f"cost = rtt_p50 + {w['loss_weight']} x loss% + {w['jitter_weight']} x jitter, "
-            f"+{w['relay_penalty_ms']} ms per relay; hysteresis {w['hysteresis_ratio']:.0%}", style="dim"))
+        parts.append(
+            Text(
+                f"cost = rtt_p50 + {w['loss_weight']} x loss% + {w['jitter_weight']} x jitter, "
+                f"+{w['relay_penalty_ms']} ms per relay; hysteresis {w['hysteresis_ratio']:.0%}",
+                style="dim",
+            )
+        )
         rows = [
-            [("> " if c["chosen"] else "  ") + " -> ".join(c["path"]),
-             "-" if c["cost"] is None else f"{c['cost']:.1f}",
-             "-" if c["rtt_ms"] is None else f"{c['rtt_ms']:.1f}",
-             "yes" if c["usable"] else "no", c.get("note") or ""]
+            [
+                ("> " if c["chosen"] else "  ") + " -> ".join(c["path"]),
+                "-" if c["cost"] is None else f"{c['cost']:.1f}",
+                "-" if c["rtt_ms"] is None else f"{c['rtt_ms']:.1f}",
+                "yes" if c["usable"] else "no",
+                c.get("note") or "",
+            ]
             for c in r["candidates"]
         ]
         parts.append(table("candidates", ["path", "cost", "rtt ms", "usable", "note"], rows))
@@ -221,12 +235,21 @@ def via(path: list[str] | None) -> str:
 def drain_preview_view(p: dict[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [Text(f"dry run: {p['summary']} (nothing changed)", style="bold")]
     if p["routes_changed"]:
-        parts.append(table("routes that would move", ["from", "to", "now", "after"],
-                           [[c["src"], c["dst"], via(c["before"]), via(c["after"])]
-                            for c in p["routes_changed"]]))
+        parts.append(
+            table(
+                "routes that would move",
+                ["from", "to", "now", "after"],
+                [[c["src"], c["dst"], via(c["before"]), via(c["after"])] for c in p["routes_changed"]],
+            )
+        )
     if p["placements_changed"]:
-        parts.append(table("placements that would go elsewhere", ["clients near", "now", "after"],
-                           [[c["near"], c["before"] or "-", c["after"] or "none"] for c in p["placements_changed"]]))
+        parts.append(
+            table(
+                "placements that would go elsewhere",
+                ["clients near", "now", "after"],
+                [[c["near"], c["before"] or "-", c["after"] or "none"] for c in p["placements_changed"]],
+            )
+        )
     return Group(*parts)
 
 

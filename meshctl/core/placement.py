@@ -118,10 +118,16 @@ def place(
                 measured = [c for c in others if c.rtt_ms is not None]
                 if measured:
                     chosen = min(measured, key=rank)
-                    reason = f"{near} is {own_state}; {chosen.region} has the lowest measured RTT from it ({chosen.rtt_ms:.1f} ms)"
+                    reason = (
+                        f"{near} is {own_state}; {chosen.region} has the lowest measured RTT from it "
+                        f"({chosen.rtt_ms:.1f} ms)"
+                    )
                 else:
                     chosen = min(others, key=lambda c: (c.distance_km or 0.0, c.region))
-                    reason = f"{near} is {own_state}; {chosen.region} is the nearest healthy region ({chosen.distance_km:.0f} km)"
+                    reason = (
+                        f"{near} is {own_state}; {chosen.region} is the nearest healthy region "
+                        f"({chosen.distance_km:.0f} km)"
+                    )
     else:
         others = [candidate(r) for r in healthy]
         chosen = min(others, key=lambda c: (c.distance_km or 0.0, c.region))

@@ -9,6 +9,7 @@ each step a numpy operation over a block of rows that stays in cache.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -219,7 +220,7 @@ def compute_routes(
     relays_ok = np.flatnonzero(~drained_mask)
     units = _to_units(cost)
     np.fill_diagonal(units, _UNUSABLE)  # a relay is never an endpoint
-    pen = int(round(weights.relay_penalty_ms * UNITS_PER_MS))
+    pen = round(weights.relay_penalty_ms * UNITS_PER_MS)
     mask = (1 << _SHIFT) - 1
     relays = np.full((r, r, 2), -1, dtype=np.int32)
     best = cost.copy()
@@ -339,16 +340,17 @@ def explain_route(
         if key in seen:
             continue
         seen.add(key)
-        usable = (math.isfinite(c) and note is None) or (math.isfinite(c) and note is not None and "drained" not in note)
+        usable = (math.isfinite(c) and note is None) or (
+            math.isfinite(c) and note is not None and "drained" not in note
+        )
         is_chosen = chosen_idx == key
-        path_rtt = sum(float(rtt[a, b]) for a, b in zip(path, path[1:], strict=False))
+        path_rtt = sum(float(rtt[a, b]) for a, b in itertools.pairwise(path))
         if is_chosen and len(path) > 2 and math.isfinite(direct) and c > direct * (1 - weights.hysteresis_ratio):
             note = note or "kept previous route (hysteresis)"
         elif is_chosen and len(path) > 2 and math.isfinite(direct) and direct > 0:
             note = note or f"relay cheaper than direct by {100 * (1 - c / direct):.0f}%"
-        elif not is_chosen and len(path) > 2 and usable and math.isfinite(direct) and c < direct:
-            if c >= direct * (1 - weights.hysteresis_ratio):
-                note = note or f"cheaper than direct by under the {weights.hysteresis_ratio:.0%} margin"
+        elif not is_chosen and len(path) > 2 and usable and direct * (1 - weights.hysteresis_ratio) <= c < direct:
+            note = note or f"cheaper than direct by under the {weights.hysteresis_ratio:.0%} margin"
         out.append(
             Candidate(
                 path=[regions[x] for x in path],

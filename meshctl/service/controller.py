@@ -8,6 +8,7 @@ recompute/drain loop (see `meshctl.service.loop`); the others follow the publish
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -15,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast, overload
 
 import numpy as np
 
@@ -71,7 +72,14 @@ class Unavailable(ServiceError):
 PeerSample = tuple[str, int, int, float | None, float | None, float | None]
 
 
+@overload
+def ts(epoch: float) -> datetime: ...
+@overload
+def ts(epoch: None) -> None: ...
+@overload
+def ts(epoch: float | None) -> datetime | None: ...
 def ts(epoch: float | None) -> datetime | None:
+    """Epoch seconds (how the store keeps time) to an aware UTC datetime."""
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
 
 
@@ -148,10 +156,8 @@ class Controller:
     async def stop(self) -> None:
         await self.writer.stop()
         if self.is_leader:
-            try:
+            with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.store.release, self.settings.replica_id, self.lease_epoch)
-            except Exception:
-                pass
 
     async def _ensure_admin_token(self) -> None:
         now = self.clock()
@@ -246,7 +252,7 @@ class Controller:
             kind="token",
             id=row.id,
             name=row.name,
-            scope=row.scope,  # type: ignore[arg-type]
+            scope=cast(s.Scope, row.scope),
             expires_at=row.expires_at,
         )
 
@@ -280,10 +286,12 @@ class Controller:
             lat=r.lat,
             lon=r.lon,
             metro=r.metro,
-            state=self.region_state(r.id),  # type: ignore[arg-type]
+            state=cast(s.RegionState, self.region_state(r.id)),
             drain=None
             if drain is None
-            else s.DrainInfo(kind=drain.kind, reason=drain.reason, since=ts(drain.since), by=drain.by),  # type: ignore[arg-type]
+            else s.DrainInfo(
+                kind=cast(s.DrainKind, drain.kind), reason=drain.reason, since=ts(drain.since), by=drain.by
+            ),
             nodes_total=len(nodes),
             nodes_up=up,
             health=s.RegionHealth(**health),
@@ -392,10 +400,10 @@ class Controller:
         return s.TokenOut(
             id=row.id,
             name=row.name,
-            scope=row.scope,  # type: ignore[arg-type]
+            scope=cast(s.Scope, row.scope),
             created_at=ts(row.created_at),
             expires_at=ts(row.expires_at),
-        )  # type: ignore[arg-type]
+        )
 
     async def list_tokens(self) -> list[s.TokenOut]:
         rows = await asyncio.to_thread(self.store.tokens)
@@ -418,7 +426,7 @@ class Controller:
         return s.JoinTokenOut(
             id=row.id,
             region=row.region,
-            expires_at=ts(row.expires_at),  # type: ignore[arg-type]
+            expires_at=ts(row.expires_at),
             uses=row.uses,
             uses_left=row.uses_left,
             token=token,
@@ -437,7 +445,7 @@ class Controller:
             public_key=n.public_key,
             endpoint=n.endpoint,
             overlay_ip=n.overlay_ip,
-            joined_at=ts(n.joined_at),  # type: ignore[arg-type]
+            joined_at=ts(n.joined_at),
             last_report_at=ts(n.last_report_at),
             up=self._node_up(n, self.clock()),
             last_seq=n.last_seq,
@@ -646,7 +654,7 @@ class Controller:
             )
         return s.LinksOut(
             generated_at=ts(now),
-            stale_after_s=self.weights.stale_after_s,  # type: ignore[arg-type]
+            stale_after_s=self.weights.stale_after_s,
             links=out,
         )
 
@@ -766,8 +774,8 @@ class Controller:
             alternatives=[
                 s.PlacementCandidate(
                     region=a.region,
-                    state=a.state,
-                    rtt_ms=_opt(a.rtt_ms),  # type: ignore[arg-type]
+                    state=cast(s.RegionState, a.state),
+                    rtt_ms=_opt(a.rtt_ms),
                     distance_km=_opt(a.distance_km),
                     note=a.note,
                 )
@@ -800,9 +808,9 @@ class Controller:
             s.EventOut(
                 id=r.id,
                 ts=ts(r.ts),
-                kind=r.kind,
+                kind=cast(s.EventKind, r.kind),
                 region=r.region,
-                node_id=r.node_id,  # type: ignore[arg-type]
+                node_id=r.node_id,
                 reason=r.reason,
                 data=r.data or {},
             )

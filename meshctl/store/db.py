@@ -13,11 +13,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, case, create_engine, event, exists, func, insert, select, update
+from sqlalchemy import CursorResult, Engine, Result, case, create_engine, event, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -356,16 +356,18 @@ class Store:
         for _attempt in range(8):
             try:
                 with self._tx() as s:
-                    spent = s.execute(
-                        update(JoinTokenRow)
-                        .where(
-                            JoinTokenRow.token_hash == join_hash,
-                            JoinTokenRow.uses_left > 0,
-                            JoinTokenRow.expires_at > now,
-                            JoinTokenRow.region == region,
+                    spent = _count(
+                        s.execute(
+                            update(JoinTokenRow)
+                            .where(
+                                JoinTokenRow.token_hash == join_hash,
+                                JoinTokenRow.uses_left > 0,
+                                JoinTokenRow.expires_at > now,
+                                JoinTokenRow.region == region,
+                            )
+                            .values(uses_left=JoinTokenRow.uses_left - 1)
                         )
-                        .values(uses_left=JoinTokenRow.uses_left - 1)
-                    ).rowcount
+                    )
                     if spent != 1:
                         raise JoinRefused("join token unknown, expired, used up, or for another region")
                     reg = s.get(RegionRow, region)
@@ -485,7 +487,7 @@ class Store:
         with self._tx() as s:
             from sqlalchemy import delete
 
-            return s.execute(delete(ReportRow).where(ReportRow.received_at < before)).rowcount
+            return _count(s.execute(delete(ReportRow).where(ReportRow.received_at < before)))
 
     # --- leadership and published route tables ------------------------------------------
 
@@ -504,11 +506,13 @@ class Store:
     def acquire_or_renew(self, holder: str, now: float, lease_s: float) -> Lease:
         """Renew our lease, or take it when it has lapsed; one conditional UPDATE each."""
         with self._tx() as s:
-            renewed = s.execute(
-                update(LeaseRow)
-                .where(LeaseRow.name == LEADER_LEASE, LeaseRow.holder == holder, LeaseRow.expires_at > now)
-                .values(expires_at=now + lease_s)
-            ).rowcount
+            renewed = _count(
+                s.execute(
+                    update(LeaseRow)
+                    .where(LeaseRow.name == LEADER_LEASE, LeaseRow.holder == holder, LeaseRow.expires_at > now)
+                    .values(expires_at=now + lease_s)
+                )
+            )
             if not renewed:
                 s.execute(
                     update(LeaseRow)
@@ -623,3 +627,8 @@ def _dialect_insert(backend: str) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert
+
+
+def _count(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE touched."""
+    return int(cast(CursorResult[Any], result).rowcount)

@@ -17,8 +17,14 @@ from tests.conftest import ControllerProcess, free_port
 A, B, C = "aws:us-east-1", "gcp:us-east4", "azure:westeurope"
 
 
-def run(ctl: ControllerProcess | None, *args: str, token: str | None = None, env: dict[str, str] | None = None,
-        tmp: Path | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run(
+    ctl: ControllerProcess | None,
+    *args: str,
+    token: str | None = None,
+    env: dict[str, str] | None = None,
+    tmp: Path | None = None,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[str]:
     e = dict(os.environ)
     e.pop("MESHCTL_CONTROLLER", None)
     e.pop("MESHCTL_TOKEN", None)
@@ -28,15 +34,17 @@ def run(ctl: ControllerProcess | None, *args: str, token: str | None = None, env
     pre: list[str] = []
     if ctl is not None:
         pre = ["--controller", ctl.url, "--token", ctl.admin_token if token is None else token]
-    return subprocess.run([sys.executable, "-m", "meshctl", *pre, *args], capture_output=True, text=True,
-                          env=e, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "meshctl", *pre, *args], capture_output=True, text=True, env=e, timeout=timeout
+    )
 
 
 @pytest.fixture
 def mesh(controller: ControllerProcess) -> ControllerProcess:
     controller.feed_links({(A, B): 20.0, (B, A): 20.0, (B, C): 20.0, (C, B): 20.0, (A, C): 100.0, (C, A): 100.0})
-    controller.wait_for(lambda: controller.client().get(f"/v1/routes/{A}/{C}").json()["path"] == [A, B, C],
-                        what="routes")
+    controller.wait_for(
+        lambda: controller.client().get(f"/v1/routes/{A}/{C}").json()["path"] == [A, B, C], what="routes"
+    )
     return controller
 
 
@@ -71,7 +79,9 @@ def test_main_flows(mesh: ControllerProcess, tmp_path: Path) -> None:
     assert r.returncode == 0 and "drained" in r.stdout, r.stderr
     r = run(mesh, "status", tmp=tmp_path)
     assert "maintenance window" in r.stdout
-    first_region_line = next(line for line in r.stdout.splitlines() if ":" in line and ("aws" in line or "gcp" in line or "azure" in line))
+    first_region_line = next(
+        line for line in r.stdout.splitlines() if ":" in line and ("aws" in line or "gcp" in line or "azure" in line)
+    )
     assert B in first_region_line, "drained regions come first"
     assert json.loads(run(mesh, "-o", "json", "route", A, C, tmp=tmp_path).stdout)["path"] == [A, C]
 
@@ -98,7 +108,9 @@ def test_tokens_and_join_tokens(controller: ControllerProcess, tmp_path: Path) -
     assert run(controller, "tokens", "revoke", created["id"], tmp=tmp_path).returncode == 0
     r = run(controller, "status", token=created["token"], tmp=tmp_path)
     assert r.returncode == 5 and "refused" in r.stderr
-    r = run(controller, "-o", "json", "join-tokens", "create", "--region", A, "--ttl", "600", "--uses", "2", tmp=tmp_path)
+    r = run(
+        controller, "-o", "json", "join-tokens", "create", "--region", A, "--ttl", "600", "--uses", "2", tmp=tmp_path
+    )
     assert r.returncode == 0 and json.loads(r.stdout)["uses_left"] == 2
 
 
@@ -114,8 +126,20 @@ def test_overlay_render(controller: ControllerProcess, tmp_path: Path) -> None:
 
 
 def test_contexts(controller: ControllerProcess, tmp_path: Path) -> None:
-    assert run(None, "config", "set-context", "lab", "--controller", controller.url, "--token",
-               controller.admin_token, tmp=tmp_path).returncode == 0
+    assert (
+        run(
+            None,
+            "config",
+            "set-context",
+            "lab",
+            "--controller",
+            controller.url,
+            "--token",
+            controller.admin_token,
+            tmp=tmp_path,
+        ).returncode
+        == 0
+    )
     assert run(None, "config", "use-context", "lab", tmp=tmp_path).returncode == 0
     r = run(None, "status", tmp=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -139,8 +163,9 @@ ERRORS = [
 
 
 @pytest.mark.parametrize(("args", "token", "code", "words"), ERRORS)
-def test_errors_are_one_clear_line(controller: ControllerProcess, tmp_path: Path, args: list[str], token: str | None,
-                                   code: int, words: list[str]) -> None:
+def test_errors_are_one_clear_line(
+    controller: ControllerProcess, tmp_path: Path, args: list[str], token: str | None, code: int, words: list[str]
+) -> None:
     controller.add_region(A)
     r = run(controller, *args, token=token, tmp=tmp_path)
     assert r.returncode == code, (r.returncode, r.stderr)
@@ -174,9 +199,23 @@ def test_broken_config_file(tmp_path: Path) -> None:
 def test_follow_exits_cleanly_on_ctrl_c(controller: ControllerProcess, tmp_path: Path) -> None:
     controller.add_region(A)
     e = dict(os.environ, MESHCTL_CONFIG=str(tmp_path / "c.yaml"))
-    proc = subprocess.Popen([sys.executable, "-m", "meshctl", "--controller", controller.url, "--token",
-                             controller.admin_token, "events", "--follow"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=e)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "meshctl",
+            "--controller",
+            controller.url,
+            "--token",
+            controller.admin_token,
+            "events",
+            "--follow",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=e,
+    )
     time.sleep(2.0)
     with controller.client() as c:
         c.post(f"/v1/regions/{A}/drain", json={"reason": "followed"}).raise_for_status()

@@ -14,9 +14,20 @@ from meshctl.core.rttdata import parse_skyplane_csv
 from tests.conftest import ControllerProcess
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cloud-rtt-skyplane.csv"
-REGIONS = ["aws:us-east-1", "aws:eu-west-1", "aws:ap-northeast-1", "aws:ap-southeast-2",
-           "gcp:us-central1", "gcp:europe-west3", "gcp:asia-southeast1", "gcp:southamerica-east1",
-           "azure:eastus", "azure:westeurope", "azure:australiaeast", "azure:japaneast"]
+REGIONS = [
+    "aws:us-east-1",
+    "aws:eu-west-1",
+    "aws:ap-northeast-1",
+    "aws:ap-southeast-2",
+    "gcp:us-central1",
+    "gcp:europe-west3",
+    "gcp:asia-southeast1",
+    "gcp:southamerica-east1",
+    "azure:eastus",
+    "azure:westeurope",
+    "azure:australiaeast",
+    "azure:japaneast",
+]
 
 
 def render(renderable: object, width: int = 80) -> str:
@@ -34,8 +45,10 @@ def test_abbreviations_are_short_and_unique() -> None:
 
 def test_status_and_matrix_at_80_columns(controller: ControllerProcess, tmp_path: Path) -> None:
     rtt = parse_skyplane_csv(DATA.read_text())
-    controller.feed_links({(a, b): v for (a, b), v in rtt.items() if a in REGIONS and b in REGIONS},
-                          loss={("aws:us-east-1", "azure:westeurope"): 12.0})
+    controller.feed_links(
+        {(a, b): v for (a, b), v in rtt.items() if a in REGIONS and b in REGIONS},
+        loss={("aws:us-east-1", "azure:westeurope"): 12.0},
+    )
     with controller.client() as c:
         c.post("/v1/regions/gcp:europe-west3/drain", json={"reason": "provider incident 42"}).raise_for_status()
         controller.wait_for(lambda: len(c.get("/v1/links").json()["links"]) >= 100, what="links")
@@ -64,7 +77,12 @@ def test_status_and_matrix_at_80_columns(controller: ControllerProcess, tmp_path
     # and the real command, as a person at an 80-column terminal runs it
     env = dict(os.environ, COLUMNS="80", MESHCTL_CONFIG=str(tmp_path / "c.yaml"))
     for cmd in (["status"], ["matrix"]):
-        r = subprocess.run([sys.executable, "-m", "meshctl", "--controller", controller.url, "--token",
-                            controller.admin_token, *cmd], capture_output=True, text=True, env=env, timeout=30)
+        r = subprocess.run(
+            [sys.executable, "-m", "meshctl", "--controller", controller.url, "--token", controller.admin_token, *cmd],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
         assert r.returncode == 0, r.stderr
         assert all(len(line) <= 80 for line in r.stdout.splitlines()), cmd

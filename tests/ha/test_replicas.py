@@ -6,6 +6,7 @@ Takeover time and follower lag are printed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -49,10 +50,8 @@ def replicas(pg_url: str, tmp_path: Path) -> Iterator[list[ControllerProcess]]:
 
 def with_suppress_cont(p: ControllerProcess) -> None:
     if p.proc is not None and p.proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(p.proc.pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
 
 
 def health(p: ControllerProcess) -> dict[str, object] | None:
