@@ -18,7 +18,8 @@ def region_of(name: str) -> str:
 def parse_skyplane_csv(text: str) -> dict[tuple[str, str], float]:
     """Average RTT per directed region pair, PREMIUM tier rows only, duplicates averaged."""
     sums: dict[tuple[str, str], list[float]] = {}
-    for row in csv.DictReader(io.StringIO(text)):
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    for row in csv.DictReader(io.StringIO("\n".join(lines))):
         if row.get("src_tier") != "PREMIUM" or row.get("dst_tier") != "PREMIUM":
             continue
         src, dst = region_of(row["src_region"]), region_of(row["dst_region"])

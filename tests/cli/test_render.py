@@ -13,7 +13,7 @@ from meshctl.cli import output
 from meshctl.core.rttdata import parse_skyplane_csv
 from tests.conftest import ControllerProcess
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cloud-rtt-skyplane.csv"
+DATA = Path(__file__).resolve().parents[1] / "data" / "rtt-12-regions.csv"
 REGIONS = [
     "aws:us-east-1",
     "aws:eu-west-1",

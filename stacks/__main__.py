@@ -1,0 +1,37 @@
+"""The Pulumi program: validate the stack's config, then one MediaRegion per configured region."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pulumi
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from meshstack import cloudinit, registry  # noqa: E402
+from meshstack.model import CONFIG_NAMESPACE, StackConfigError, validate  # noqa: E402
+
+
+def main() -> None:
+    config = pulumi.Config(CONFIG_NAMESPACE)
+    raw = config.get_object("mesh")
+    cloud = raw.get("cloud") if isinstance(raw, dict) else None
+    token = config.get_secret("joinToken")
+    settings = validate(raw, registry.known_regions(str(cloud)), join_token_set=token is not None)
+    assert token is not None and settings.controller_url is not None
+    provider = registry.provider(settings.cloud)
+    nodes = []
+    for spec in settings.regions:
+        user_data = pulumi.Output.secret(token).apply(
+            lambda t, r=spec.region: cloudinit.render(settings.controller_url or "", r, t, settings.agent_package))
+        component = provider.component(f"{settings.cloud}-{spec.region.split(':', 1)[1]}", settings, spec, user_data)
+        nodes.extend(component.nodes)  # type: ignore[attr-defined]
+    pulumi.export("nodes", nodes)
+    pulumi.export("mesh", {"name": settings.name, "environment": settings.environment, "cloud": settings.cloud})
+
+
+try:
+    main()
+except StackConfigError as exc:
+    raise pulumi.RunError(str(exc)) from None

@@ -1,0 +1,1 @@
+"""meshctl's Pulumi program: one ComponentResource per cloud over one cloud-neutral model."""
