@@ -35,6 +35,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check meshctl probes tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy stacks/meshstack stacks/policy/rules.py
 
 bench: setup
 	$(BIN)/python -m bench.bench_routes

@@ -9,8 +9,8 @@ import pulumi
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from meshstack import cloudinit, registry  # noqa: E402
-from meshstack.model import CONFIG_NAMESPACE, StackConfigError, validate  # noqa: E402
+from meshstack import cloudinit, registry
+from meshstack.model import CONFIG_NAMESPACE, StackConfigError, validate
 
 
 def main() -> None:
@@ -24,7 +24,8 @@ def main() -> None:
     nodes = []
     for spec in settings.regions:
         user_data = pulumi.Output.secret(token).apply(
-            lambda t, r=spec.region: cloudinit.render(settings.controller_url or "", r, t, settings.agent_package))
+            lambda t, r=spec.region: cloudinit.render(settings.controller_url or "", r, t, settings.agent_package)
+        )
         component = provider.component(f"{settings.cloud}-{spec.region.split(':', 1)[1]}", settings, spec, user_data)
         nodes.extend(component.nodes)  # type: ignore[attr-defined]
     pulumi.export("nodes", nodes)

@@ -569,7 +569,9 @@ for _module, _attr, _name in (
 def main() -> None:
     """Entry point: one line on stderr and a documented exit code for every failure."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)  # typer.Exit(n) comes back as a return value outside standalone mode
     except ApiError as exc:
         _fail(exc.message, exc.exit_code)
     except ConfigError as exc:

@@ -18,8 +18,14 @@ class NodeOutput:
 
 
 class MediaRegionFactory(Protocol):
-    def __call__(self, name: str, settings: StackSettings, spec: RegionSpec, user_data: pulumi.Output[str],
-                 opts: pulumi.ResourceOptions | None = None) -> pulumi.ComponentResource: ...
+    def __call__(
+        self,
+        name: str,
+        settings: StackSettings,
+        spec: RegionSpec,
+        user_data: pulumi.Output[str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> pulumi.ComponentResource: ...
 
 
 @dataclass(frozen=True)

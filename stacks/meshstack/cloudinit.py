@@ -33,8 +33,9 @@ WantedBy=multi-user.target
 """
 
 
-def render(controller_url: str, region_id: str, join_token: str, agent_package: str = "meshctl",
-           interface: str = "mesh0") -> str:
+def render(
+    controller_url: str, region_id: str, join_token: str, agent_package: str = "meshctl", interface: str = "mesh0"
+) -> str:
     """The #cloud-config document for one node."""
     agent_config = {
         "controller": controller_url,
@@ -48,8 +49,12 @@ def render(controller_url: str, region_id: str, join_token: str, agent_package: 
         "package_update": True,
         "packages": ["wireguard-tools", "python3-venv", "nftables"],
         "write_files": [
-            {"path": "/etc/meshctl/agent.yaml", "permissions": "0600", "owner": "root:root",
-             "content": yaml.safe_dump(agent_config, sort_keys=True)},
+            {
+                "path": "/etc/meshctl/agent.yaml",
+                "permissions": "0600",
+                "owner": "root:root",
+                "content": yaml.safe_dump(agent_config, sort_keys=True),
+            },
             {"path": "/etc/systemd/system/meshctl-agent.service", "permissions": "0644", "content": AGENT_UNIT},
         ],
         "runcmd": [

@@ -94,7 +94,8 @@ def validate(raw: Any, known_regions: dict[str, frozenset[str]], join_token_set:
         raise StackConfigError(f"{_setting(tuple(err['loc']))}: {err['msg']}") from None
     if settings.cloud not in known_regions:
         raise StackConfigError(
-            f"{CONFIG_NAMESPACE}:mesh.cloud: unknown cloud {settings.cloud!r}; one of {', '.join(sorted(known_regions))}"
+            f"{CONFIG_NAMESPACE}:mesh.cloud: unknown cloud {settings.cloud!r}; "
+            f"one of {', '.join(sorted(known_regions))}"
         )
     if not settings.controller_url:
         raise StackConfigError(f"{CONFIG_NAMESPACE}:mesh.controllerUrl: missing; the agents must know the controller")
@@ -149,8 +150,12 @@ def firewall_rules(settings: StackSettings) -> list[FirewallRule]:
 
 def tags(settings: StackSettings, region_id: str) -> dict[str, str]:
     """Required on every resource: mesh name, region id, environment."""
-    return {"mesh": settings.name, "mesh-region": region_id, "environment": settings.environment,
-            "managed-by": "meshctl-stacks"}
+    return {
+        "mesh": settings.name,
+        "mesh-region": region_id,
+        "environment": settings.environment,
+        "managed-by": "meshctl-stacks",
+    }
 
 
 def label_safe(value: str) -> str:

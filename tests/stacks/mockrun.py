@@ -51,8 +51,9 @@ def _plain(value: Any) -> Any:
 
 def main() -> None:
     stack, config = sys.argv[1], json.loads(sys.argv[2])
-    pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
-                                  ["meshctl-stacks:joinToken"])
+    pulumi.runtime.set_all_config(
+        {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}, ["meshctl-stacks:joinToken"]
+    )
     pulumi.runtime.set_mocks(Mocks(), project="meshctl-stacks", stack=stack, preview=False)
     pulumi.export = lambda name, value: exports.__setitem__(name, value)  # type: ignore[assignment]
     result: dict[str, Any] = {"error": None}
@@ -64,7 +65,7 @@ def main() -> None:
 
     try:
         run()
-    except Exception as exc:  # noqa: BLE001 - reported to the parent test
+    except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["traceback"] = traceback.format_exc()[-3000:]
     result["resources"] = resources

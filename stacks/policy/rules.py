@@ -1,0 +1,167 @@
+"""The policies' checks as plain functions over a resource's type and properties (camelCase).
+
+Each returns a list of violation messages (empty when the resource is fine), so they can be
+tested without starting a policy pack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+WORLD = {"0.0.0.0/0", "::/0", "*", "Internet", "Any"}
+ADMIN_PORTS = {22: "SSH", 3389: "RDP"}
+WIREGUARD_PORT = 51820
+REQUIRED_TAGS = ("mesh", "mesh-region", "environment")
+ALLOWED_INSTANCE_TYPES = frozenset(
+    {
+        # AWS
+        "c6i.large",
+        "c6i.xlarge",
+        "c6i.2xlarge",
+        "c7i.large",
+        "c7i.xlarge",
+        "c7g.large",
+        "c7g.xlarge",
+        "c6gn.large",
+        "c6gn.xlarge",
+        "t3.medium",
+        # GCP
+        "c2d-standard-4",
+        "c2d-standard-8",
+        "c3-standard-4",
+        "c3-standard-8",
+        "n2-standard-4",
+        "e2-standard-4",
+        # Azure
+        "Standard_F4s_v2",
+        "Standard_F8s_v2",
+        "Standard_D4s_v5",
+        "Standard_D8s_v5",
+    }
+)
+TAGGABLE = {
+    "aws:ec2/instance:Instance": "tags",
+    "aws:ec2/vpc:Vpc": "tags",
+    "aws:ec2/securityGroup:SecurityGroup": "tags",
+    "aws:ec2/subnet:Subnet": "tags",
+    "gcp:compute/instance:Instance": "labels",
+    "gcp:compute/address:Address": "labels",
+    "azure-native:compute:VirtualMachine": "tags",
+    "azure-native:network:NetworkSecurityGroup": "tags",
+    "azure-native:network:PublicIPAddress": "tags",
+    "azure-native:resources:ResourceGroup": "tags",
+}
+INSTANCES = {
+    "aws:ec2/instance:Instance": lambda p: p.get("instanceType"),
+    "gcp:compute/instance:Instance": lambda p: p.get("machineType"),
+    "azure-native:compute:VirtualMachine": lambda p: (p.get("hardwareProfile") or {}).get("vmSize"),
+}
+
+
+def _covers(lo: Any, hi: Any, port: int) -> bool:
+    try:
+        return int(lo) <= port <= int(hi)
+    except (TypeError, ValueError):
+        return False
+
+
+def _port_ranges(spec: str) -> list[tuple[int, int]]:
+    out = []
+    for part in str(spec).split(","):
+        part = part.strip()
+        if part == "*":
+            out.append((0, 65535))
+        elif "-" in part:
+            a, b = part.split("-", 1)
+            out.append((int(a), int(b)))
+        elif part.isdigit():
+            out.append((int(part), int(part)))
+    return out
+
+
+def open_to_world(typ: str, props: Mapping[str, Any]) -> list[tuple[str, int, int, str]]:
+    """(protocol, from, to, source) for every inbound allowance from the whole internet."""
+    found = []
+    if typ == "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule":
+        src = props.get("cidrIpv4") or props.get("cidrIpv6")
+        if src in WORLD:
+            proto = str(props.get("ipProtocol"))
+            lo, hi = (0, 65535) if proto == "-1" else (props.get("fromPort", 0), props.get("toPort", 65535))
+            found.append((proto, int(lo or 0), int(hi if hi is not None else 65535), str(src)))
+    elif typ == "aws:ec2/securityGroup:SecurityGroup":
+        for rule in props.get("ingress") or []:
+            for src in (rule.get("cidrBlocks") or []) + (rule.get("ipv6CidrBlocks") or []):
+                if src in WORLD:
+                    found.append(
+                        (str(rule.get("protocol")), int(rule.get("fromPort", 0)), int(rule.get("toPort", 65535)), src)
+                    )
+    elif typ == "gcp:compute/firewall:Firewall":
+        if (props.get("direction") or "INGRESS") == "INGRESS":
+            world = [s for s in props.get("sourceRanges") or [] if s in WORLD]
+            for allow in props.get("allows") or []:
+                ports = allow.get("ports") or ["0-65535"]
+                for spec in ports:
+                    for lo, hi in _port_ranges(spec):
+                        found += [(str(allow.get("protocol")), lo, hi, s) for s in world]
+    elif typ == "azure-native:network:NetworkSecurityGroup":
+        for rule in props.get("securityRules") or []:
+            if rule.get("direction") != "Inbound" or rule.get("access") != "Allow":
+                continue
+            sources = [*list(rule.get("sourceAddressPrefixes") or []), rule.get("sourceAddressPrefix")]
+            world = [s for s in sources if s in WORLD]
+            ranges = [*list(rule.get("destinationPortRanges") or []), rule.get("destinationPortRange")]
+            for spec in [r for r in ranges if r]:
+                for lo, hi in _port_ranges(spec):
+                    found += [(str(rule.get("protocol")), lo, hi, s) for s in world]
+    return found
+
+
+def no_admin_ports_from_internet(typ: str, props: Mapping[str, Any]) -> list[str]:
+    """No SSH or RDP from the whole internet."""
+    out = []
+    for proto, lo, hi, src in open_to_world(typ, props):
+        if proto.lower() in ("tcp", "-1", "all", "*"):
+            for port, name in ADMIN_PORTS.items():
+                if _covers(lo, hi, port):
+                    out.append(f"{name} (tcp/{port}) is open to {src}")
+    return out
+
+
+def wireguard_port_open(
+    typ: str, props: Mapping[str, Any], stack_rules: list[tuple[str, Mapping[str, Any]]]
+) -> list[str]:
+    """Across the stack's firewall resources, UDP 51820 must be open (or the mesh cannot form)."""
+    if typ not in (
+        "aws:ec2/securityGroup:SecurityGroup",
+        "gcp:compute/network:Network",
+        "azure-native:network:NetworkSecurityGroup",
+    ):
+        return []
+    for rtype, rprops in [*stack_rules, (typ, props)]:
+        for proto, lo, hi, _src in open_to_world(rtype, rprops):
+            if proto.lower() in ("udp", "-1", "all", "*") and _covers(lo, hi, WIREGUARD_PORT):
+                return []
+    return [f"WireGuard (udp/{WIREGUARD_PORT}) is not open inbound: the node cannot join the mesh"]
+
+
+def required_tags(typ: str, props: Mapping[str, Any]) -> list[str]:
+    field = TAGGABLE.get(typ)
+    if field is None:
+        return []
+    present = props.get(field) or {}
+    missing = [t for t in REQUIRED_TAGS if not present.get(t)]
+    return [f"missing {field}: {', '.join(missing)}"] if missing else []
+
+
+def allowed_instance_type(typ: str, props: Mapping[str, Any]) -> list[str]:
+    get = INSTANCES.get(typ)
+    if get is None:
+        return []
+    value = get(props)
+    if value is None:
+        return []
+    short = str(value).rsplit("/", 1)[-1]  # GCP may give a machine type URL
+    if short not in ALLOWED_INSTANCE_TYPES:
+        return [f"instance type {short!r} is not on the allow list ({', '.join(sorted(ALLOWED_INSTANCE_TYPES))})"]
+    return []
