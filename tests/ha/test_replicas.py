@@ -170,9 +170,12 @@ def test_follower_lag_and_drain_visible_everywhere(replicas: list[ControllerProc
         lags.append(max(seen.values()) - seen[leader.replica_id])
     report(f"follower lag behind the leader: max {max(lags) * 1000:.0f} ms, runs {[round(x * 1000) for x in lags]} ms")
     assert max(lags) < 2.0
-    gens = {p.replica_id: p.client().get("/v1/routes").json()["generation"] for p in replicas}
-    etags = {p.client().get("/v1/routes").headers["etag"] for p in replicas}
-    assert len(set(gens.values())) == 1 and len(etags) == 1, (gens, etags)
+
+    def same_table() -> bool:
+        answers = [p.client().get("/v1/routes") for p in replicas]
+        return len({a.json()["generation"] for a in answers}) == 1 and len({a.headers["etag"] for a in answers}) == 1
+
+    leader.wait_for(same_table, timeout=3.0, what="every replica on the same generation and ETag")
 
     with followers[1].client() as c:
         assert c.post(f"/v1/regions/{B}/drain", json={"reason": "via a follower"}).status_code == 200
