@@ -10,7 +10,7 @@ from meshctl.service.auth import Principal
 from meshctl.service.controller import Controller, Forbidden
 
 
-def get_controller(request: Request) -> Controller:
+async def get_controller(request: Request) -> Controller:
     ctl: Controller = request.app.state.controller
     return ctl
 

@@ -72,7 +72,7 @@ class ControlLoop:
     async def tick(self) -> None:
         ctl = self.ctl
         now = ctl.clock()
-        lease = await asyncio.to_thread(ctl.store.acquire_or_renew, ctl.settings.replica_id, now, ctl.settings.lease_s)
+        lease = await ctl.db(ctl.store.acquire_or_renew, ctl.settings.replica_id, now, ctl.settings.lease_s)
         leading = lease.holder == ctl.settings.replica_id
         ctl.leader = lease.holder if lease.expires_at > now else None
         ctl.leader_since = lease.acquired_at if ctl.leader is not None else None
@@ -91,9 +91,9 @@ class ControlLoop:
         await self._heartbeat(now)
         if now - self._last_prune > 60:
             self._last_prune = now
-            await asyncio.to_thread(ctl.store.prune_reports, now - ctl.settings.report_max_age_s)
+            await ctl.db(ctl.store.prune_reports, now - ctl.settings.report_max_age_s)
             if ctl.is_leader:
-                await asyncio.to_thread(ctl.store.prune_route_tables)
+                await ctl.db(ctl.store.prune_route_tables)
 
     async def _become_leader(self, epoch: int, since: float) -> None:
         ctl = self.ctl
@@ -102,14 +102,14 @@ class ControlLoop:
         ctl.metrics.leader_since.set(since)
         await self._follow()  # start from the newest published table and generation
         # warm the link book with what other replicas (or our previous life) accepted
-        recent = await asyncio.to_thread(ctl.store.recent_reports, ctl.clock() - ctl.weights.stale_after_s)
+        recent = await ctl.db(ctl.store.recent_reports, ctl.clock() - ctl.weights.stale_after_s)
         for row in recent:
             node = ctl.nodes.get(row.node_id)
             if node is not None:
                 ctl.record_stored_report(node, row.body, row.window_start, row.received_at)
-        ctl.report_cursor = await asyncio.to_thread(ctl.store.max_report_id)
+        ctl.report_cursor = await ctl.db(ctl.store.max_report_id)
         ctl.health = _health_from_drains(ctl)
-        await asyncio.to_thread(
+        await ctl.db(
             ctl.store.add_event,
             ctl.clock(),
             "leader",
@@ -128,10 +128,10 @@ class ControlLoop:
         ctl.metrics.is_leader.set(0)
 
     async def _pull_reports(self) -> None:
+        """Fold in the reports other replicas accepted since the last look."""
         ctl = self.ctl
-        rows = await asyncio.to_thread(ctl.store.reports_after, ctl.report_cursor, ctl.settings.replica_id)
+        rows, ctl.report_cursor = await ctl.db(ctl.store.reports_after, ctl.report_cursor, ctl.settings.replica_id)
         for row in rows:
-            ctl.report_cursor = max(ctl.report_cursor, row.id)
             node = ctl.nodes.get(row.node_id)
             if node is None:
                 continue
@@ -160,20 +160,18 @@ class ControlLoop:
         for ev in events:
             if ev.kind == "drain" and ev.region is not None:
                 try:
-                    await asyncio.to_thread(ctl.store.set_drain, ev.region, "auto", ev.reason, "controller", now, fence)
+                    await ctl.db(ctl.store.set_drain, ev.region, "auto", ev.reason, "controller", now, fence)
                 except StoreError:
                     self._step_down("lease lost while draining")
                     return
             elif ev.kind == "undrain" and ev.region is not None:
                 try:
-                    await asyncio.to_thread(
-                        ctl.store.remove_drain, ev.region, ev.reason, "controller", now, fence, "auto"
-                    )
+                    await ctl.db(ctl.store.remove_drain, ev.region, ev.reason, "controller", now, fence, "auto")
                 except StoreError:
                     self._step_down("lease lost while undraining")
                     return
             else:
-                await asyncio.to_thread(ctl.store.add_event, now, ev.kind, ev.reason, ev.region)
+                await ctl.db(ctl.store.add_event, now, ev.kind, ev.reason, ev.region)
             ctl.metrics.events.labels(ev.kind).inc()
         ctl.health = health
         if events:
@@ -219,9 +217,9 @@ class ControlLoop:
             bool(changes) or previous is None or drained != ctl.snapshot.drained or states != ctl.snapshot.states
         )
         if must_publish:
-            generation = max(ctl.snapshot.generation, await asyncio.to_thread(ctl.store.max_generation)) + 1
+            generation = max(ctl.snapshot.generation, await ctl.db(ctl.store.max_generation)) + 1
             snap.generation = generation
-            ok = await asyncio.to_thread(
+            ok = await ctl.db(
                 ctl.store.publish_route_table,
                 generation,
                 ctl.settings.replica_id,
@@ -234,7 +232,7 @@ class ControlLoop:
                 return
             if changes:
                 sample = [{"src": a, "dst": b, "before": old, "after": new} for a, b, old, new in changes[:20]]
-                await asyncio.to_thread(
+                await ctl.db(
                     ctl.store.add_event,
                     now,
                     "route_change",
@@ -253,7 +251,7 @@ class ControlLoop:
 
     async def _follow(self) -> None:
         ctl = self.ctl
-        row = await asyncio.to_thread(ctl.store.latest_route_table, ctl.snapshot.generation)
+        row = await ctl.db(ctl.store.latest_route_table, ctl.snapshot.generation)
         if row is not None:
             ctl.load_published(row.generation, row.computed_at, row.body)
             self._set_gauges(ctl.snapshot)
@@ -264,7 +262,7 @@ class ControlLoop:
 
     async def _heartbeat(self, now: float) -> None:
         ctl = self.ctl
-        rows = await asyncio.to_thread(ctl.store.heartbeat, ctl.settings.replica_id, ctl.snapshot.generation, now)
+        rows = await ctl.db(ctl.store.heartbeat, ctl.settings.replica_id, ctl.snapshot.generation, now)
         newest = max([r.generation for r in rows] + [ctl.snapshot.generation])
         live = [r for r in rows if now - r.seen_at <= max(5.0, 3 * ctl.settings.lease_s)]
         ctl.replicas = [

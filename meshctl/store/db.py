@@ -468,12 +468,20 @@ class Store:
                 )
         return [(r["node_id"], r["seq"]) in inserted for r in rows]
 
-    def reports_after(self, after_id: int, exclude_replica: str | None, limit: int = 5000) -> list[ReportRow]:
+    def reports_after(
+        self, after_id: int, exclude_replica: str | None, limit: int = 5000
+    ) -> tuple[list[ReportRow], int]:
+        """Reports newer than a cursor (from other replicas), and the new cursor.
+
+        The cursor moves past our own rows too, so each call reads only what is new.
+        """
         with self._tx() as s:
-            q = select(ReportRow).where(ReportRow.id > after_id).order_by(ReportRow.id).limit(limit)
+            newest = int(s.execute(select(func.coalesce(func.max(ReportRow.id), 0))).scalar_one())
+            upto = min(newest, after_id + limit)
+            q = select(ReportRow).where(ReportRow.id > after_id, ReportRow.id <= upto).order_by(ReportRow.id)
             if exclude_replica is not None:
                 q = q.where(ReportRow.replica_id != exclude_replica)
-            return list(s.scalars(q))
+            return list(s.scalars(q)), max(after_id, upto)
 
     def max_report_id(self) -> int:
         with self._tx() as s:
