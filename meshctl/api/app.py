@@ -27,8 +27,11 @@ def create_app(settings: Settings | None = None, announce: Callable[[str], None]
         ctl = Controller(settings, Store(settings.database_url))
         await ctl.start()
         if ctl.bootstrap_token is not None:
+            url = f"http://{settings.host}:{settings.port}"
             (announce or _print_stderr)(
-                f"created the first admin token (shown once, store it now): {ctl.bootstrap_token}"
+                f"created the first admin token (shown once, store it now): {ctl.bootstrap_token}\n"
+                f"  use it: meshctl config set-context local --controller {url} --token {ctl.bootstrap_token}"
+                " --use && meshctl status"
             )
         loop = ControlLoop(ctl)
         loop.start()
