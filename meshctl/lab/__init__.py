@@ -1,0 +1,1 @@
+"""Local lab: real WireGuard nodes in network namespaces on one machine."""

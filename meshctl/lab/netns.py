@@ -1,0 +1,98 @@
+"""Network namespaces for lab nodes: a host bridge, one namespace per node, and a full cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def sh(*args: str, check: bool = True, ns: str | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
+    return proc
+
+
+@dataclass
+class Lab:
+    """A bridge on the host (the 'internet' and the management path) and node namespaces on it."""
+
+    prefix: str
+    subnet: str = "10.213.0"
+    namespaces: list[str] = field(default_factory=list)
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}br"
+
+    @property
+    def host_ip(self) -> str:
+        return f"{self.subnet}.1"
+
+    def node_ip(self, i: int) -> str:
+        return f"{self.subnet}.{10 + i}"
+
+    def up(self, count: int) -> None:
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+        for i in range(count):
+            ns = f"{self.prefix}n{i}"
+            sh("ip", "netns", "add", ns)
+            self.namespaces.append(ns)
+            host_end, ns_end = f"{self.prefix}h{i}", f"{self.prefix}e{i}"
+            sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end)
+            sh("ip", "link", "set", ns_end, "netns", ns)
+            sh("ip", "link", "set", host_end, "master", self.bridge, "up")
+            sh("ip", "addr", "add", f"{self.node_ip(i)}/24", "dev", ns_end, ns=ns)
+            sh("ip", "link", "set", ns_end, "up", ns=ns)
+            sh("ip", "link", "set", "lo", "up", ns=ns)
+
+    def down(self, processes: Sequence[subprocess.Popen[bytes]] = ()) -> None:
+        """Remove everything with our prefix, also what a failed run left behind."""
+        for p in processes:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+        for pid_dir in glob.glob("/proc/[0-9]*"):
+            with contextlib.suppress(OSError):
+                cmd = Path(pid_dir, "cmdline").read_bytes().split(b"\0")
+                if (
+                    cmd
+                    and cmd[0].endswith(b"wireguard-go")
+                    and any(a.startswith(self.prefix.encode()) for a in cmd[1:])
+                ):
+                    os.kill(int(pid_dir.rsplit("/", 1)[1]), signal.SIGTERM)
+        for ns in sorted(set(self.namespaces) | set(existing_namespaces(self.prefix))):
+            sh("ip", "netns", "del", ns, check=False)
+        for link in [x for x in leftovers(self.prefix) if not x.startswith("/")]:
+            sh("ip", "link", "del", link, check=False)  # veth host ends outlive their namespace briefly
+        sh("ip", "link", "del", self.bridge, check=False)
+        for sock in glob.glob(f"/var/run/wireguard/{self.prefix}*.sock"):
+            with contextlib.suppress(OSError):
+                os.unlink(sock)
+        self.namespaces.clear()
+
+
+def existing_namespaces(prefix: str) -> list[str]:
+    out = sh("ip", "netns", "list", check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
+
+
+def leftovers(prefix: str) -> list[str]:
+    """Anything of ours still on the machine: namespaces, links, sockets."""
+    found = existing_namespaces(prefix)
+    links = sh("ip", "-o", "link", "show", check=False).stdout
+    found += [
+        line.split(":")[1].strip().split("@")[0]
+        for line in links.splitlines()
+        if line.split(":")[1].strip().startswith(prefix)
+    ]
+    found += glob.glob(f"/var/run/wireguard/{prefix}*.sock")
+    return found

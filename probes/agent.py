@@ -1,0 +1,349 @@
+"""The node agent: join, keep the WireGuard tunnel, probe peers with STAMP, report each window.
+
+Everything it needs to keep the tunnel up is on disk (key, credential, last peer set), so a
+restart while the controller is away brings the overlay back. Reporting never blocks probing:
+windows go to an on-disk spool and a separate task delivers them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from probes import keys, wg
+from probes.config import AgentConfig
+from probes.spool import Spool
+from probes.stamp import MalformedPacket, SenderPacket, parse_reflector, reflect, to_ntp
+from probes.stats import PeerWindow
+
+log = logging.getLogger("meshctl.agent")
+CREDENTIAL_FILE = "credential.json"
+PEERLIST_FILE = "peerlist.json"
+SEQ_FILE = "seq"
+PID_FILE = "agent.pid"
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.state = cfg.state_dir
+        self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.spool = Spool(self.state / "spool")
+        self.registry = CollectorRegistry()
+        self.m_sent = Counter("mesh_agent_probes_sent", "STAMP test packets sent", registry=self.registry)
+        self.m_replies = Counter("mesh_agent_probe_replies", "STAMP replies received", registry=self.registry)
+        self.m_reflected = Counter("mesh_agent_reflected", "STAMP requests answered", registry=self.registry)
+        self.m_dropped_in = Counter(
+            "mesh_agent_reflector_dropped", "Packets the reflector dropped", registry=self.registry
+        )
+        self.m_reports = Counter(
+            "mesh_agent_reports_delivered", "Windows the controller accepted", registry=self.registry
+        )
+        self.m_report_drops = Counter(
+            "mesh_agent_reports_dropped", "Windows dropped", ["reason"], registry=self.registry
+        )
+        self.m_spooled = Gauge("mesh_agent_reports_spooled", "Windows waiting in the spool", registry=self.registry)
+        self.m_peers = Gauge("mesh_agent_peers", "WireGuard peers", registry=self.registry)
+        self.peerlist: dict[str, Any] = {}
+        self.windows: dict[str, PeerWindow] = {}
+        self.targets: list[dict[str, Any]] = []
+        self.by_overlay: dict[str, dict[str, Any]] = {}
+        self.probe_seq = 0
+        self.reflect_seq = 0
+        self.http: httpx.AsyncClient | None = None
+        self._sender: asyncio.DatagramTransport | None = None
+        self._wake_reporter = asyncio.Event()
+
+    # --- identity -------------------------------------------------------------------------
+
+    @property
+    def credential(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.state / CREDENTIAL_FILE).read_text())
+        return data
+
+    def _save_json(self, name: str, data: Any, mode: int = 0o600) -> None:
+        tmp = self.state / f".{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, self.state / name)
+
+    async def join(self, public_key: str) -> dict[str, Any]:
+        if not self.cfg.join_token:
+            raise RuntimeError("not joined yet and no join token: give --join-token or MESH_JOIN_TOKEN")
+        assert self.http is not None
+        body = {
+            "join_token": self.cfg.join_token,
+            "region": self.cfg.region,
+            "name": socket.gethostname()[:63],
+            "public_key": public_key,
+            "endpoint": self.cfg.endpoint,
+        }
+        name = f"{self.cfg.interface}-{self.cfg.region.replace(':', '-')}"
+        body["name"] = name[:63]
+        r = await self.http.post("/v1/nodes", json=body)
+        if r.status_code != 201:
+            raise RuntimeError(f"join refused ({r.status_code}): {r.text[:300]}")
+        joined = r.json()
+        cred = {k: joined[k] for k in ("node_id", "node_token", "overlay_ip", "overlay_cidr", "region")}
+        self._save_json(CREDENTIAL_FILE, cred)
+        self._save_json(PEERLIST_FILE, joined["peers"])
+        return cred
+
+    def next_seq(self) -> int:
+        path = self.state / SEQ_FILE
+        seq = int(path.read_text()) if path.exists() else 0
+        path.write_text(str(seq + 1))
+        return seq
+
+    # --- tunnel ---------------------------------------------------------------------------
+
+    def tunnel_up(self) -> None:
+        cred = self.credential
+        prefix = ipaddress.ip_network(cred["overlay_cidr"]).prefixlen
+        wg.bring_up(
+            self.cfg.interface,
+            self.state / keys.PRIVATE_KEY_FILE,
+            self.cfg.listen_port,
+            f"{cred['overlay_ip']}/{prefix}",
+        )
+        if (self.state / PEERLIST_FILE).exists():
+            self.apply_peerlist(json.loads((self.state / PEERLIST_FILE).read_text()))
+
+    def apply_peerlist(self, peerlist: dict[str, Any]) -> None:
+        desired = [wg.WgPeer(p["public_key"], p["endpoint"], tuple(p["allowed_ips"])) for p in peerlist["peers"]]
+        changed, removed = wg.apply_peers(self.cfg.interface, desired, self.state)
+        self.peerlist = peerlist
+        self._save_json(PEERLIST_FILE, peerlist)
+        self.by_overlay = {p["overlay_ip"]: p for p in peerlist["peers"]}
+        self.m_peers.set(len(desired))
+        if changed or removed:
+            log.info(
+                "peers: %d added or updated, %d removed (generation %s)", changed, removed, peerlist.get("generation")
+            )
+
+    async def follow_peers(self) -> None:
+        """Long-poll the controller for peer changes; apply only the difference."""
+        assert self.http is not None
+        cred = self.credential
+        etag: str | None = None
+        backoff = 1.0
+        while True:
+            headers = {"Authorization": f"Bearer {cred['node_token']}"}
+            if etag:
+                headers["If-None-Match"] = etag
+            try:
+                r = await self.http.get(
+                    f"/v1/nodes/{cred['node_id']}/peers", headers=headers, params={"wait": 25}, timeout=35
+                )
+                if r.status_code == 200:
+                    etag = r.headers.get("etag")
+                    self.apply_peerlist(r.json())
+                elif r.status_code != 304:
+                    log.warning("peers: %s %s", r.status_code, r.text[:200])
+                    await asyncio.sleep(backoff)
+                backoff = 1.0
+            except (httpx.HTTPError, wg.WireGuardError) as exc:
+                log.info("peers: controller unreachable (%s); keeping the last peer set", type(exc).__name__)
+                await asyncio.sleep(backoff + random.random())
+                backoff = min(backoff * 2, 30.0)
+
+    # --- probes ---------------------------------------------------------------------------
+
+    def choose_targets(self, window_no: int) -> None:
+        """A few peers in every other region, rotating each window."""
+        by_region: dict[str, list[dict[str, Any]]] = {}
+        for p in sorted(self.peerlist.get("peers", []), key=lambda p: p["node_id"]):
+            if p["region"] != self.cfg.region:
+                by_region.setdefault(p["region"], []).append(p)
+        chosen = []
+        for peers in by_region.values():
+            n = self.cfg.targets_per_region
+            start = (window_no * n) % len(peers)
+            chosen += (peers[start:] + peers[:start])[:n]
+        self.targets = chosen
+        self.windows = {p["node_id"]: PeerWindow() for p in chosen}
+
+    async def probe_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        cred = self.credential
+
+        class Replies(asyncio.DatagramProtocol):
+            def datagram_received(inner, data: bytes, addr: tuple[str, int]) -> None:
+                now = time.time()
+                peer = self.by_overlay.get(addr[0])
+                if peer is None:
+                    return
+                try:
+                    pkt = parse_reflector(data)
+                except MalformedPacket:
+                    return
+                window = self.windows.get(peer["node_id"])
+                if window is not None:
+                    window.on_reply(pkt.sender_seq, pkt.rtt_seconds(now) * 1000.0)
+                    self.m_replies.inc()
+
+        transport, _ = await loop.create_datagram_endpoint(Replies, local_addr=(cred["overlay_ip"], 0))
+        self._sender = transport
+        window_no = 0
+        while True:
+            self.choose_targets(window_no)
+            window_start = datetime.now(UTC)
+            deadline = loop.time() + self.cfg.window_s
+            interval = 1.0 / self.cfg.probe_rate
+            next_send = loop.time()
+            while loop.time() < deadline:
+                for p in self.targets:
+                    pkt = SenderPacket(seq=self.probe_seq & 0xFFFFFFFF, timestamp=to_ntp(time.time())).encode()
+                    self.probe_seq += 1
+                    transport.sendto(pkt, (p["overlay_ip"], self.cfg.stamp_port))
+                    self.windows[p["node_id"]].on_sent()
+                    self.m_sent.inc()
+                next_send += interval
+                await asyncio.sleep(max(0.0, next_send - loop.time()))
+            await asyncio.sleep(min(0.5, interval))  # late replies still count for this window
+            self.close_window(window_start)
+            window_no += 1
+
+    def close_window(self, window_start: datetime) -> None:
+        cred = self.credential
+        seq = self.next_seq()
+        report = {
+            "node_id": cred["node_id"],
+            "seq": seq,
+            "window_start": window_start.isoformat(),
+            "window_s": self.cfg.window_s,
+            "peers": [w.summary(node_id) for node_id, w in self.windows.items() if w.sent],
+        }
+        self.spool.put(seq, report)
+        self.m_spooled.set(len(self.spool))
+        self._wake_reporter.set()
+
+    async def reflector(self) -> None:
+        loop = asyncio.get_running_loop()
+        cred = self.credential
+
+        class Reflector(asyncio.DatagramProtocol):
+            transport: asyncio.DatagramTransport
+
+            def connection_made(inner, transport: asyncio.BaseTransport) -> None:
+                inner.transport = cast(asyncio.DatagramTransport, transport)
+
+            def datagram_received(inner, data: bytes, addr: tuple[str, int]) -> None:
+                received = time.time()
+                self.reflect_seq += 1
+                reply = reflect(data, received, time.time(), self.reflect_seq, from_peer=addr[0] in self.by_overlay)
+                if reply is None:
+                    self.m_dropped_in.inc()
+                    return
+                inner.transport.sendto(reply, addr)
+                self.m_reflected.inc()
+
+        await loop.create_datagram_endpoint(Reflector, local_addr=(cred["overlay_ip"], self.cfg.stamp_port))
+        await asyncio.Event().wait()
+
+    # --- reports --------------------------------------------------------------------------
+
+    async def reporter(self) -> None:
+        """Deliver spooled windows in order; back off with jitter while the controller is away."""
+        assert self.http is not None
+        backoff = 0.5
+        while True:
+            self._wake_reporter.clear()
+            delivered_all = True
+            for seq, report in self.spool:
+                token = self.credential["node_token"]
+                try:
+                    r = await self.http.post("/v1/reports", json=report, headers={"Authorization": f"Bearer {token}"})
+                except httpx.HTTPError:
+                    delivered_all = False
+                    break
+                if r.status_code in (202, 409):
+                    self.spool.done(seq)
+                    if r.status_code == 202:
+                        self.m_reports.inc()
+                    else:
+                        self.m_report_drops.labels("duplicate").inc()
+                elif r.status_code in (408, 429) or r.status_code >= 500:
+                    delivered_all = False
+                    break
+                else:
+                    log.warning("report %d refused (%d): %s; dropped", seq, r.status_code, r.text[:200])
+                    self.spool.done(seq)
+                    self.m_report_drops.labels("refused").inc()
+            self.m_spooled.set(len(self.spool))
+            if delivered_all:
+                backoff = 0.5
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake_reporter.wait(), self.cfg.window_s)
+            else:
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 30.0)
+
+    # --- key rotation ---------------------------------------------------------------------
+
+    async def rotate_key(self) -> None:
+        """New key pair: register the public key first, then switch the interface to it."""
+        assert self.http is not None
+        cred = self.credential
+        old = (self.state / keys.PRIVATE_KEY_FILE).read_text()
+        _private, public = keys.rotate(self.state)
+        r = await self.http.put(
+            f"/v1/nodes/{cred['node_id']}/key",
+            json={"public_key": public},
+            headers={"Authorization": f"Bearer {cred['node_token']}"},
+        )
+        if r.status_code != 200:
+            keys.write_private(self.state / keys.PRIVATE_KEY_FILE, old.strip())
+            log.error("rotate-key refused (%d): %s; kept the old key", r.status_code, r.text[:200])
+            return
+        wg.bring_up(
+            self.cfg.interface,
+            self.state / keys.PRIVATE_KEY_FILE,
+            self.cfg.listen_port,
+            f"{cred['overlay_ip']}/{ipaddress.ip_network(cred['overlay_cidr']).prefixlen}",
+        )
+        log.info("rotated the WireGuard key")
+
+    # --- main -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        _private, public = keys.load_or_create(self.state)
+        (self.state / PID_FILE).write_text(str(os.getpid()))
+        start_http_server(self.cfg.metrics_port, addr=self.cfg.metrics_host, registry=self.registry)
+        async with httpx.AsyncClient(base_url=self.cfg.controller, timeout=10) as http:
+            self.http = http
+            if not (self.state / CREDENTIAL_FILE).exists():
+                await self.join(public)
+            self.tunnel_up()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(self.rotate_key()))
+            await asyncio.gather(self.follow_peers(), self.reflector(), self.probe_loop(), self.reporter())
+
+
+def run(cfg: AgentConfig) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(Agent(cfg).run())
+
+
+def main() -> None:
+    """`meshctl-agent`: the same as `meshctl agent run`."""
+    import sys
+
+    from meshctl.cli.main import main as cli_main
+
+    sys.argv = [sys.argv[0], "agent", "run", *sys.argv[1:]]
+    cli_main()

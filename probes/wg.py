@@ -1,0 +1,115 @@
+"""The WireGuard interface: the kernel module where there is one, wireguard-go where not.
+
+Peers are applied as a difference (`wg set ... peer ... [remove]`), so tunnels that did not
+change stay up. The last applied peer set is kept on disk so a restarted agent can bring the
+tunnel back while the controller is away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PEERS_FILE = "peers.json"
+
+
+class WireGuardError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class WgPeer:
+    public_key: str
+    endpoint: str
+    allowed_ips: tuple[str, ...]
+
+
+def _run(*args: str, stdin: str | None = None) -> str:
+    proc = subprocess.run(args, capture_output=True, text=True, input=stdin, timeout=20)
+    if proc.returncode != 0:
+        raise WireGuardError(f"{' '.join(args)}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def link_exists(ifname: str) -> bool:
+    return subprocess.run(["ip", "link", "show", "dev", ifname], capture_output=True).returncode == 0
+
+
+def bring_up(ifname: str, private_key_file: Path, listen_port: int, address: str) -> None:
+    """Create (or reuse) the interface, set key, port and overlay address, and set it up."""
+    if not link_exists(ifname):
+        kernel = subprocess.run(["ip", "link", "add", "dev", ifname, "type", "wireguard"], capture_output=True)
+        if kernel.returncode != 0:
+            if shutil.which("wireguard-go") is None:
+                raise WireGuardError("no WireGuard kernel module and no wireguard-go: apt-get install wireguard-go")
+            env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
+            _run_env(["wireguard-go", ifname], env)
+    _run("wg", "set", ifname, "private-key", str(private_key_file), "listen-port", str(listen_port))
+    have = _run("ip", "-o", "addr", "show", "dev", ifname)
+    if address.split("/")[0] + "/" not in have:
+        _run("ip", "addr", "add", address, "dev", ifname)
+    _run("ip", "link", "set", "up", "dev", ifname)
+
+
+def _run_env(args: list[str], env: dict[str, str]) -> None:
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=20)
+    if proc.returncode != 0:
+        raise WireGuardError(f"{' '.join(args)}: {proc.stderr.strip()}")
+
+
+def current_peers(ifname: str) -> dict[str, WgPeer]:
+    """What the interface has now (`wg show dump`)."""
+    out: dict[str, WgPeer] = {}
+    for line in _run("wg", "show", ifname, "dump").splitlines()[1:]:
+        cols = line.split("\t")
+        if len(cols) >= 4:
+            allowed = tuple(sorted(a for a in cols[3].split(",") if a and a != "(none)"))
+            out[cols[0]] = WgPeer(cols[0], "" if cols[2] == "(none)" else cols[2], allowed)
+    return out
+
+
+def apply_peers(ifname: str, desired: list[WgPeer], state_dir: Path, keepalive: int = 25) -> tuple[int, int]:
+    """Add or update what differs, remove what is gone; returns (changed, removed)."""
+    have = current_peers(ifname)
+    want = {p.public_key: p for p in desired}
+    changed = removed = 0
+    for key in set(have) - set(want):
+        _run("wg", "set", ifname, "peer", key, "remove")
+        removed += 1
+    for key, p in want.items():
+        cur = have.get(key)
+        if cur is not None and cur.endpoint == p.endpoint and set(cur.allowed_ips) == set(p.allowed_ips):
+            continue
+        _run(
+            "wg",
+            "set",
+            ifname,
+            "peer",
+            key,
+            "endpoint",
+            p.endpoint,
+            "allowed-ips",
+            ",".join(p.allowed_ips),
+            "persistent-keepalive",
+            str(keepalive),
+        )
+        changed += 1
+    save_peers(state_dir, desired)
+    return changed, removed
+
+
+def save_peers(state_dir: Path, peers: list[WgPeer]) -> None:
+    tmp = state_dir / (PEERS_FILE + ".tmp")
+    tmp.write_text(json.dumps([asdict(p) for p in peers]))
+    os.replace(tmp, state_dir / PEERS_FILE)
+
+
+def saved_peers(state_dir: Path) -> list[WgPeer]:
+    path = state_dir / PEERS_FILE
+    if not path.exists():
+        return []
+    return [WgPeer(p["public_key"], p["endpoint"], tuple(p["allowed_ips"])) for p in json.loads(path.read_text())]
