@@ -55,6 +55,47 @@ class Lab:
             sh("ip", "link", "set", ns_end, "up", ns=ns)
             sh("ip", "link", "set", "lo", "up", ns=ns)
 
+    @property
+    def wan_ns(self) -> str:
+        return f"{self.prefix}wan"
+
+    @property
+    def tun(self) -> str:
+        return f"{self.prefix}t0"
+
+    def wan_ip(self, i: int) -> str:
+        return f"10.214.{i}.2"
+
+    def add_wan(self, count: int) -> None:
+        """A "wan" namespace between the nodes; its router process is started by the caller.
+
+        Each node gets a second veth into it (10.214.<i>.2, gateway .1), policy-routed into the
+        TUN the router opens; management traffic (the controller) stays on the host bridge.
+        """
+        wan = self.wan_ns
+        sh("ip", "netns", "add", wan)
+        self.namespaces.append(wan)
+        sh("ip", "link", "set", "lo", "up", ns=wan)
+        for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"):
+            sh("sysctl", "-qw", key, ns=wan)
+        for i in range(count):
+            node, a, b = f"{self.prefix}n{i}", f"{self.prefix}a{i}", f"{self.prefix}b{i}"
+            sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+            sh("ip", "link", "set", a, "netns", wan)
+            sh("ip", "link", "set", b, "netns", node)
+            sh("ip", "addr", "add", f"10.214.{i}.1/24", "dev", a, ns=wan)
+            sh("sysctl", "-qw", f"net.ipv4.conf.{a}.rp_filter=0", ns=wan)
+            sh("ip", "link", "set", a, "up", ns=wan)
+            sh("ip", "rule", "add", "iif", a, "lookup", "100", ns=wan)
+            sh("ip", "addr", "add", f"{self.wan_ip(i)}/24", "dev", b, ns=node)
+            sh("ip", "link", "set", b, "up", ns=node)
+            sh("ip", "route", "add", "10.214.0.0/16", "via", f"10.214.{i}.1", ns=node)
+
+    def route_wan_into_tun(self) -> None:
+        """Once the router has opened the TUN: send everything from the node veths into it."""
+        sh("ip", "route", "replace", "default", "dev", self.tun, "table", "100", ns=self.wan_ns)
+        sh("sysctl", "-qw", f"net.ipv4.conf.{self.tun}.rp_filter=0", ns=self.wan_ns)
+
     def down(self, processes: Sequence[subprocess.Popen[bytes]] = ()) -> None:
         """Remove everything with our prefix, also what a failed run left behind."""
         for p in processes:

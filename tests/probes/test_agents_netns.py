@@ -1,7 +1,8 @@
-"""Three agents in network namespaces over wireguard-go, joined to a real controller.
+"""Three agents in network namespaces over wireguard-go, joined to a real controller, with the
+userspace WAN router giving each region pair its own delay.
 
 Root and wireguard-go are needed (CI has both; the suite fails loudly elsewhere rather than
-skipping). No latency is injected here (the WAN router is still to come): RTTs are sub-ms.
+skipping).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.conftest import ControllerProcess, free_port
 
 pytestmark = pytest.mark.lab
 REGIONS = ["aws:us-east-1", "gcp:europe-west3", "azure:japaneast"]
+ONE_WAY_MS = {(0, 1): 10.0, (0, 2): 20.0, (1, 2): 30.0}  # per node pair, both directions
 
 
 class Node:
@@ -46,7 +48,7 @@ class Node:
             "--region",
             self.region,
             "--endpoint",
-            f"{self.lab.node_ip(self.i)}:51820",
+            f"{self.lab.wan_ip(self.i)}:51820",
             "--interface",
             self.ifname,
             "--state-dir",
@@ -82,8 +84,30 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControllerP
     ctl = ControllerProcess(
         f"sqlite:///{tmp / 'c.db'}", tmp, host="10.213.0.1", port=free_port(), env={"MESH_STALE_AFTER_S": "5"}
     )
+    router: subprocess.Popen[bytes] | None = None
     try:
         lab.up(len(REGIONS))
+        lab.add_wan(len(REGIONS))
+        pairs: list[str] = []
+        for (a, b), ms in ONE_WAY_MS.items():
+            pairs += ["--pair", lab.wan_ip(a), lab.wan_ip(b), str(ms), "--pair", lab.wan_ip(b), lab.wan_ip(a), str(ms)]
+        router = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.wan_ns,
+                sys.executable,
+                "-m",
+                "meshctl.lab.wanrouter",
+                "--tun",
+                lab.tun,
+                *pairs,
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert router.stdout is not None and b"wan router" in router.stdout.readline()
+        lab.route_wan_into_tun()
         ctl.url = f"http://{lab.host_ip}:{ctl.port}"
         ctl.start()
         for i, region in enumerate(REGIONS):
@@ -98,7 +122,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControllerP
         for n in nodes:
             n.stop()
         ctl.kill()
-        lab.down()
+        lab.down([router] if router is not None else [])
         assert leftovers(lab.prefix) == [], "the lab left something behind"
         for n in nodes:
             if n.log.exists():
@@ -123,6 +147,12 @@ def test_join_distinct_addresses_and_overlay_ping(mesh: tuple[ControllerProcess,
                 ctl.wait_for(lambda node=node, ip=ip: node.ping(ip, 1), timeout=20, what=f"ping {ip} from {node.ns}")
     key_mode = oct((nodes[0].state / "wg-private.key").stat().st_mode & 0o777)
     assert key_mode == "0o600"
+    private = (nodes[0].state / "wg-private.key").read_text().strip()
+    with ctl.client() as c:
+        assert private not in c.get("/v1/nodes").text, "the private key never reaches the controller"
+    fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9464/metrics').read().decode())"
+    metrics = sh(sys.executable, "-c", fetch, ns=nodes[0].ns).stdout
+    assert "mesh_agent_probes_sent_total" in metrics and "mesh_agent_reports_delivered_total" in metrics
 
 
 def test_links_measured_between_every_region(mesh: tuple[ControllerProcess, list[Node]]) -> None:
@@ -132,10 +162,17 @@ def test_links_measured_between_every_region(mesh: tuple[ControllerProcess, list
         with ctl.client() as c:
             return {(x["src"], x["dst"]): x for x in c.get("/v1/links").json()["links"] if x["fresh"]}
 
+    def expected(src: str, dst: str) -> float:
+        i, j = sorted((REGIONS.index(src), REGIONS.index(dst)))
+        return 2 * ONE_WAY_MS[(i, j)]
+
+    def within(x: dict[str, Any]) -> bool:  # 10% or 2 ms, plus up to 2 ms the userspace router adds
+        want = expected(x["src"], x["dst"])
+        return x["loss_percent"] == 0 and abs(x["rtt_p50_ms"] - want) <= max(2.0, 0.1 * want) + 2.0
+
     def clean() -> dict[tuple[str, str], dict[str, Any]] | None:
         now = links()
-        ok = len(now) == 6 and all(x["loss_percent"] == 0 and 0 <= x["rtt_p50_ms"] < 20 for x in now.values())
-        return now if ok else None
+        return now if len(now) == 6 and all(within(x) for x in now.values()) else None
 
     try:
         found = ctl.wait_for(clean, timeout=40, what="6 fresh loss-free links (first windows may lose to handshakes)")
@@ -143,6 +180,11 @@ def test_links_measured_between_every_region(mesh: tuple[ControllerProcess, list
         print({k: (v["rtt_p50_ms"], v["loss_percent"], v["samples"]) for k, v in links().items()})
         raise
     assert {(a, b) for a in REGIONS for b in REGIONS if a != b} == set(found)
+    shown = ", ".join(
+        f"{a.split(':')[1]}->{b.split(':')[1]} {x['rtt_p50_ms']:.1f} (injected {expected(a, b):.0f})"
+        for (a, b), x in sorted(found.items())
+    )
+    print(f"\n[agent] measured region RTTs, ms: {shown}")
 
 
 def test_controller_down_tunnels_stay_and_spooled_windows_arrive(mesh: tuple[ControllerProcess, list[Node]]) -> None:
