@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     max_auto_drain_fraction: float = 0.34
     freeze_fraction: float = 0.5
     report_timeout_s: float = 15.0
+    flap_window_s: float = 900.0
+    max_hold_s: float = 600.0
 
     # overlay
     overlay_cidr: str = "100.96.0.0/12"
@@ -85,4 +87,6 @@ class Settings(BaseSettings):
             max_auto_drain_fraction=self.max_auto_drain_fraction,
             freeze_fraction=self.freeze_fraction,
             report_timeout_s=self.report_timeout_s,
+            flap_window_s=self.flap_window_s,
+            max_hold_s=self.max_hold_s,
         )

@@ -14,11 +14,14 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import socket
+import struct
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
@@ -34,6 +37,10 @@ CREDENTIAL_FILE = "credential.json"
 PEERLIST_FILE = "peerlist.json"
 SEQ_FILE = "seq"
 PID_FILE = "agent.pid"
+# a report is small and acknowledged after one group commit: a slow answer means a cut path
+REPORT_TIMEOUT = httpx.Timeout(3.0, connect=2.0)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS has the same value
+MAX_DATAGRAM = 2048
 
 
 class Agent:
@@ -64,7 +71,6 @@ class Agent:
         self.probe_seq = 0
         self.reflect_seq = 0
         self.http: httpx.AsyncClient | None = None
-        self._sender: asyncio.DatagramTransport | None = None
         self._wake_reporter = asyncio.Event()
 
     # --- identity -------------------------------------------------------------------------
@@ -85,15 +91,19 @@ class Agent:
         if not self.cfg.join_token:
             raise RuntimeError("not joined yet and no join token: give --join-token or MESH_JOIN_TOKEN")
         assert self.http is not None
+        endpoint = self.cfg.endpoint
+        if endpoint == "auto":
+            from probes.metadata import public_endpoint
+
+            endpoint = await asyncio.to_thread(public_endpoint, self.cfg.region, self.cfg.listen_port)
+        name = re.sub(r"[^A-Za-z0-9_.-]", "-", f"{socket.gethostname()}-{self.cfg.interface}").strip("-_.")[:63]
         body = {
             "join_token": self.cfg.join_token,
             "region": self.cfg.region,
-            "name": socket.gethostname()[:63],
+            "name": name or "node",
             "public_key": public_key,
-            "endpoint": self.cfg.endpoint,
+            "endpoint": endpoint,
         }
-        name = f"{self.cfg.interface}-{self.cfg.region.replace(':', '-')}"
-        body["name"] = name[:63]
         r = await self.http.post("/v1/nodes", json=body)
         if r.status_code != 201:
             raise RuntimeError(f"join refused ({r.status_code}): {r.text[:300]}")
@@ -181,23 +191,21 @@ class Agent:
         loop = asyncio.get_running_loop()
         cred = self.credential
 
-        class Replies(asyncio.DatagramProtocol):
-            def datagram_received(inner, data: bytes, addr: tuple[str, int]) -> None:
-                now = time.time()
-                peer = self.by_overlay.get(addr[0])
-                if peer is None:
-                    return
-                try:
-                    pkt = parse_reflector(data)
-                except MalformedPacket:
-                    return
-                window = self.windows.get(peer["node_id"])
-                if window is not None:
-                    window.on_reply(pkt.sender_seq, pkt.rtt_seconds(now) * 1000.0)
-                    self.m_replies.inc()
+        def on_reply(data: bytes, addr: tuple[str, int], received: float) -> None:
+            peer = self.by_overlay.get(addr[0])
+            if peer is None:
+                return
+            try:
+                pkt = parse_reflector(data)
+            except MalformedPacket:
+                return
+            window = self.windows.get(peer["node_id"])
+            if window is not None:
+                window.on_reply(pkt.sender_seq, pkt.rtt_seconds(received) * 1000.0)
+                self.m_replies.inc()
 
-        transport, _ = await loop.create_datagram_endpoint(Replies, local_addr=(cred["overlay_ip"], 0))
-        self._sender = transport
+        sender = timestamped_socket((cred["overlay_ip"], 0))
+        loop.add_reader(sender.fileno(), receive_all, sender, on_reply)
         window_no = 0
         while True:
             self.choose_targets(window_no)
@@ -206,14 +214,16 @@ class Agent:
             interval = 1.0 / self.cfg.probe_rate
             next_send = loop.time()
             while loop.time() < deadline:
+                step = interval / max(1, len(self.targets))  # spread out: no burst queues behind itself
                 for p in self.targets:
                     pkt = SenderPacket(seq=self.probe_seq & 0xFFFFFFFF, timestamp=to_ntp(time.time())).encode()
                     self.probe_seq += 1
-                    transport.sendto(pkt, (p["overlay_ip"], self.cfg.stamp_port))
+                    with contextlib.suppress(BlockingIOError, OSError):
+                        sender.sendto(pkt, (p["overlay_ip"], self.cfg.stamp_port))
                     self.windows[p["node_id"]].on_sent()
                     self.m_sent.inc()
-                next_send += interval
-                await asyncio.sleep(max(0.0, next_send - loop.time()))
+                    next_send += step
+                    await asyncio.sleep(max(0.0, next_send - loop.time()))
             await asyncio.sleep(min(0.5, interval))  # late replies still count for this window
             self.close_window(window_start)
             window_no += 1
@@ -235,24 +245,19 @@ class Agent:
     async def reflector(self) -> None:
         loop = asyncio.get_running_loop()
         cred = self.credential
+        sock = timestamped_socket((cred["overlay_ip"], self.cfg.stamp_port))
 
-        class Reflector(asyncio.DatagramProtocol):
-            transport: asyncio.DatagramTransport
-
-            def connection_made(inner, transport: asyncio.BaseTransport) -> None:
-                inner.transport = cast(asyncio.DatagramTransport, transport)
-
-            def datagram_received(inner, data: bytes, addr: tuple[str, int]) -> None:
-                received = time.time()
-                self.reflect_seq += 1
-                reply = reflect(data, received, time.time(), self.reflect_seq, from_peer=addr[0] in self.by_overlay)
-                if reply is None:
-                    self.m_dropped_in.inc()
-                    return
-                inner.transport.sendto(reply, addr)
+        def on_request(data: bytes, addr: tuple[str, int], received: float) -> None:
+            self.reflect_seq += 1
+            reply = reflect(data, received, time.time(), self.reflect_seq, from_peer=addr[0] in self.by_overlay)
+            if reply is None:
+                self.m_dropped_in.inc()
+                return
+            with contextlib.suppress(BlockingIOError, OSError):
+                sock.sendto(reply, addr)
                 self.m_reflected.inc()
 
-        await loop.create_datagram_endpoint(Reflector, local_addr=(cred["overlay_ip"], self.cfg.stamp_port))
+        loop.add_reader(sock.fileno(), receive_all, sock, on_request)
         await asyncio.Event().wait()
 
     # --- reports --------------------------------------------------------------------------
@@ -267,7 +272,12 @@ class Agent:
             for seq, report in self.spool:
                 token = self.credential["node_token"]
                 try:
-                    r = await self.http.post("/v1/reports", json=report, headers={"Authorization": f"Bearer {token}"})
+                    r = await self.http.post(
+                        "/v1/reports",
+                        json=report,
+                        headers={"Authorization": f"Bearer {token}"},
+                        timeout=REPORT_TIMEOUT,
+                    )
                 except httpx.HTTPError:
                     delivered_all = False
                     break
@@ -291,7 +301,7 @@ class Agent:
                     await asyncio.wait_for(self._wake_reporter.wait(), self.cfg.window_s)
             else:
                 await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, max(1.0, self.cfg.window_s))  # back within a window or so of an outage
 
     # --- key rotation ---------------------------------------------------------------------
 
@@ -332,6 +342,33 @@ class Agent:
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(self.rotate_key()))
             await asyncio.gather(self.follow_peers(), self.reflector(), self.probe_loop(), self.reporter())
+
+
+def timestamped_socket(addr: tuple[str, int]) -> socket.socket:
+    """A non-blocking UDP socket whose datagrams carry the kernel's receive time."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    sock.bind(addr)
+    return sock
+
+
+def receive_all(sock: socket.socket, handle: Callable[[bytes, tuple[str, int], float], None]) -> None:
+    """Read every waiting datagram; each is stamped when the kernel received it, not when Python
+    got round to it (on a busy node that difference is most of the measurement error)."""
+    while True:
+        try:
+            data, ancillary, flags, addr = sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(16))
+        except (BlockingIOError, InterruptedError):
+            return
+        if flags & socket.MSG_TRUNC:
+            continue  # larger than any STAMP packet: hostile or broken
+        received = time.time()
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                sec, nsec = struct.unpack("qq", value[:16])
+                received = sec + nsec / 1e9
+        handle(data, addr, received)
 
 
 def run(cfg: AgentConfig) -> None:

@@ -27,6 +27,12 @@ class HealthPolicy:
     max_auto_drain_fraction: float = 0.34
     freeze_fraction: float = 0.5
     report_timeout_s: float = 15.0
+    flap_window_s: float = 900.0
+    max_hold_s: float = 600.0
+
+    def hold_after(self, drains_in_window: int) -> float:
+        """Flap damping: each automatic drain within `flap_window_s` doubles the hold time."""
+        return min(self.hold_s * 2 ** max(0, drains_in_window - 1), max(self.hold_s, self.max_hold_s))
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class Observation:
     observers_total: int
     observers_bad: int
     reason: str
+    quiet: bool = False  # silent for half the report timeout: counts toward a freeze, not yet bad
 
     @property
     def bad(self) -> bool:
@@ -52,6 +59,7 @@ class RegionHealthState:
     drained_at: float | None = None
     reason: str = ""
     alerted: bool = False
+    recent_drains: tuple[float, ...] = ()  # automatic drains within the flap window
 
 
 @dataclass
@@ -90,9 +98,12 @@ def observe(
 ) -> dict[str, Observation]:
     """One window's view of each region, from every other reporting region that measures it.
 
-    A region that has never reported is not judged (its nodes may still be starting).
+    A region that has never reported is not judged (its nodes may still be starting). A region
+    silent for half the report timeout is `quiet`: when most regions go quiet together the
+    controller freezes before any of them counts as down.
     """
     reporting = {r: (r not in last_report_at) or (now - last_report_at[r] <= policy.report_timeout_s) for r in regions}
+    quiet = {r: r in last_report_at and now - last_report_at[r] > policy.report_timeout_s / 2 for r in regions}
     out: dict[str, Observation] = {}
     for target in regions:
         total = bad = 0
@@ -117,7 +128,7 @@ def observe(
             reason = f"{bad}/{total} observing regions see {kind} toward it"
         else:
             reason = f"{bad}/{total} observing regions see it bad"
-        out[target] = Observation(target, reporting[target], total, bad, reason)
+        out[target] = Observation(target, reporting[target], total, bad, reason, quiet[target])
     return out
 
 
@@ -132,7 +143,7 @@ def step(
     events: list[HealthEvent] = []
     regions = {r: replace(s) for r, s in state.regions.items()}
     judged = list(observations)
-    silent = sum(1 for o in observations.values() if not o.reporting)
+    silent = sum(1 for o in observations.values() if not o.reporting or o.quiet)
     frozen = bool(judged) and silent > policy.freeze_fraction * len(judged)
     frozen_since = state.frozen_since
     if frozen and not state.frozen:
@@ -148,6 +159,8 @@ def step(
     elif not frozen and state.frozen:
         frozen_since = None
         events.append(HealthEvent("unfreeze", None, f"reports are back from {len(judged) - silent} regions"))
+        for s in regions.values():  # what was counted while blind says nothing: start afresh
+            s.bad_streak = s.good_streak = 0
 
     cap = math.floor(policy.max_auto_drain_fraction * len(judged))
     auto_drained = sum(1 for r, s in regions.items() if s.auto_drained and r not in manual_drains)
@@ -179,7 +192,11 @@ def step(
                     events.append(HealthEvent("degraded", region, obs.reason))
             else:
                 s.state, s.auto_drained, s.since, s.drained_at = "drained", True, now, now
+                s.recent_drains = (*(t for t in s.recent_drains if now - t < policy.flap_window_s), now)
                 s.reason = f"{obs.reason} for {s.bad_streak} windows in a row"
+                if len(s.recent_drains) > 1:
+                    hold = policy.hold_after(len(s.recent_drains))
+                    s.reason += f"; drained {len(s.recent_drains)} times recently: held at least {hold:.0f} s"
                 s.alerted = False
                 auto_drained += 1
                 events.append(HealthEvent("drain", region, s.reason))
@@ -191,7 +208,7 @@ def step(
             and s.auto_drained
             and s.good_streak >= policy.recover_after
             and s.drained_at is not None
-            and now - s.drained_at >= policy.hold_s
+            and now - s.drained_at >= policy.hold_after(len(s.recent_drains))
         ):
             held = now - s.drained_at
             s.state, s.auto_drained, s.since, s.drained_at = "active", False, now, None

@@ -25,7 +25,7 @@ class Lab:
     """A bridge on the host (the 'internet' and the management path) and node namespaces on it."""
 
     prefix: str
-    subnet: str = "10.213.0"
+    net: str = "10.213"  # a /16: the bridge on <net>.0.0/24, node i's WAN link on <net>.<i+1>.0/24
     namespaces: list[str] = field(default_factory=list)
 
     @property
@@ -34,17 +34,20 @@ class Lab:
 
     @property
     def host_ip(self) -> str:
-        return f"{self.subnet}.1"
+        return f"{self.net}.0.1"
 
     def node_ip(self, i: int) -> str:
-        return f"{self.subnet}.{10 + i}"
+        return f"{self.net}.0.{10 + i}"
+
+    def node_ns(self, i: int) -> str:
+        return f"{self.prefix}n{i}"
 
     def up(self, count: int) -> None:
         sh("ip", "link", "add", self.bridge, "type", "bridge")
         sh("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
         for i in range(count):
-            ns = f"{self.prefix}n{i}"
+            ns = self.node_ns(i)
             sh("ip", "netns", "add", ns)
             self.namespaces.append(ns)
             host_end, ns_end = f"{self.prefix}h{i}", f"{self.prefix}e{i}"
@@ -64,12 +67,12 @@ class Lab:
         return f"{self.prefix}t0"
 
     def wan_ip(self, i: int) -> str:
-        return f"10.214.{i}.2"
+        return f"{self.net}.{i + 1}.2"
 
     def add_wan(self, count: int) -> None:
         """A "wan" namespace between the nodes; its router process is started by the caller.
 
-        Each node gets a second veth into it (10.214.<i>.2, gateway .1), policy-routed into the
+        Each node gets a second veth into it (<net>.<i+1>.2, gateway .1), policy-routed into the
         TUN the router opens; management traffic (the controller) stays on the host bridge.
         """
         wan = self.wan_ns
@@ -79,17 +82,18 @@ class Lab:
         for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"):
             sh("sysctl", "-qw", key, ns=wan)
         for i in range(count):
-            node, a, b = f"{self.prefix}n{i}", f"{self.prefix}a{i}", f"{self.prefix}b{i}"
+            node, a, b = self.node_ns(i), f"{self.prefix}a{i}", f"{self.prefix}b{i}"
+            gateway = f"{self.net}.{i + 1}.1"
             sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
             sh("ip", "link", "set", a, "netns", wan)
             sh("ip", "link", "set", b, "netns", node)
-            sh("ip", "addr", "add", f"10.214.{i}.1/24", "dev", a, ns=wan)
+            sh("ip", "addr", "add", f"{gateway}/24", "dev", a, ns=wan)
             sh("sysctl", "-qw", f"net.ipv4.conf.{a}.rp_filter=0", ns=wan)
             sh("ip", "link", "set", a, "up", ns=wan)
             sh("ip", "rule", "add", "iif", a, "lookup", "100", ns=wan)
             sh("ip", "addr", "add", f"{self.wan_ip(i)}/24", "dev", b, ns=node)
             sh("ip", "link", "set", b, "up", ns=node)
-            sh("ip", "route", "add", "10.214.0.0/16", "via", f"10.214.{i}.1", ns=node)
+            sh("ip", "route", "add", f"{self.net}.0.0/16", "via", gateway, ns=node)
 
     def route_wan_into_tun(self) -> None:
         """Once the router has opened the TUN: send everything from the node veths into it."""

@@ -29,6 +29,7 @@ class ControlLoop:
         self.ctl = ctl
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
+        self._listening_since = 0.0  # when this replica began to lead: silence is counted from here
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="control-loop")
@@ -98,6 +99,7 @@ class ControlLoop:
     async def _become_leader(self, epoch: int, since: float) -> None:
         ctl = self.ctl
         ctl.is_leader, ctl.lease_epoch, ctl.leader_since = True, epoch, since
+        self._listening_since = ctl.clock()
         ctl.metrics.is_leader.set(1)
         ctl.metrics.leader_since.set(since)
         await self._follow()  # start from the newest published table and generation
@@ -151,11 +153,15 @@ class ControlLoop:
         for n in ctl.nodes.values():
             if n.last_report_at:
                 last_report[n.region] = max(last_report.get(n.region, 0), n.last_report_at)
+        for r in last_report:  # a restarted or new leader has not been reachable until now
+            last_report[r] = max(last_report[r], self._listening_since)
         judged = [r for r in regions if any(n.region == r for n in ctl.nodes.values())]
         policy = ctl.settings.health_policy()
         observations = observe(judged, links, ctl.baselines, last_report, now, policy)
         manual = {r for r, d in ctl.drains.items() if d.kind == "manual"}
         health, events = step(ctl.health, observations, manual, policy, now)
+        if ctl.health.frozen and not health.frozen:
+            self._listening_since = now  # silence is counted afresh: agents reconnect one by one
         fence = (ctl.settings.replica_id, ctl.lease_epoch)
         for ev in events:
             if ev.kind == "drain" and ev.region is not None:
@@ -177,7 +183,14 @@ class ControlLoop:
         if events:
             await ctl.reload_config(force=True)
         drained = frozenset(ctl.drains)
-        cost, rtt = cost_matrices(regions, links, ctl.weights, now)
+        if health.frozen:
+            # fail static: keep routing on the links as they were when reports stopped, rather
+            # than letting them go stale and leaving the whole table unusable
+            frozen_at = health.frozen_since if health.frozen_since is not None else now
+            links = dict(ctl.snapshot.links) or links
+            cost, rtt = cost_matrices(regions, links, ctl.weights, frozen_at)
+        else:
+            cost, rtt = cost_matrices(regions, links, ctl.weights, now)
         prev = ctl.snapshot.table
         previous = prev if prev is not None and prev.regions == tuple(regions) else None
         table = compute_routes(regions, cost, rtt, drained, ctl.weights, previous)
@@ -199,7 +212,10 @@ class ControlLoop:
             }
         alerts = [ev.reason for ev in events if ev.kind == "alert"]
         if health.frozen:
-            alerts.append("frozen: reports from most regions stopped at once; draining nothing")
+            alerts.append(
+                "frozen: reports from most regions stopped at once; draining nothing and routing on the links "
+                "measured before"
+            )
         snap = Snapshot(
             generation=ctl.snapshot.generation,
             computed_at=now,

@@ -39,11 +39,11 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     if os.geteuid() != 0:
         pytest.fail("lab tests need root (network namespaces)")
     tmp = tmp_path_factory.mktemp("accuracy")
-    lab = Lab(prefix=f"ma{os.getpid() % 100000}")
+    lab = Lab(prefix=f"ma{os.getpid() % 100000}", net="10.215")
     lab.down()
     procs: list[subprocess.Popen[bytes]] = []
     ctl = ControllerProcess(
-        f"sqlite:///{tmp / 'c.db'}", tmp, host="10.213.0.1", port=free_port(), env={"MESH_STALE_AFTER_S": "5"}
+        f"sqlite:///{tmp / 'c.db'}", tmp, host=lab.host_ip, port=free_port(), env={"MESH_STALE_AFTER_S": "5"}
     )
     try:
         lab.up(2)

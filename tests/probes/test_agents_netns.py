@@ -78,11 +78,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControllerP
     if os.geteuid() != 0 or shutil.which("wireguard-go") is None:
         pytest.fail("lab tests need root and wireguard-go (apt-get install wireguard-go wireguard-tools)")
     tmp = tmp_path_factory.mktemp("agents")
-    lab = Lab(prefix=f"mt{os.getpid() % 100000}")
+    lab = Lab(prefix=f"mt{os.getpid() % 100000}", net="10.214")
     lab.down()
     nodes: list[Node] = []
     ctl = ControllerProcess(
-        f"sqlite:///{tmp / 'c.db'}", tmp, host="10.213.0.1", port=free_port(), env={"MESH_STALE_AFTER_S": "5"}
+        f"sqlite:///{tmp / 'c.db'}", tmp, host=lab.host_ip, port=free_port(), env={"MESH_STALE_AFTER_S": "5"}
     )
     router: subprocess.Popen[bytes] | None = None
     try:

@@ -137,3 +137,53 @@ def test_manual_drain_is_untouched_and_not_counted() -> None:
     assert {e[2] for e in events if e[1] == "drain"} == {"aws:r4", "aws:r5", "aws:r6"}
     state, events = run(state, [obs()] * 50, t0=10, manual=manual)
     assert not [e for e in events if e[2] in manual]
+
+
+def test_flap_damping_doubles_the_hold_for_a_repeat_drain() -> None:
+    state, events = run(initial_state(REGIONS), [obs({"aws:r1"})] * 3)  # drain 1 at t=2
+    state, events = run(state, [obs()] * 31, t0=3)  # undrained once 30 s held (t=32)
+    assert [e[1] for e in events] == ["undrain"]
+    state, events = run(state, [obs({"aws:r1"})] * 3, t0=40)  # drain 2 at t=42, within the flap window
+    assert [e[1] for e in events] == ["drain"] and "drained 2 times recently" in state.regions["aws:r1"].reason
+    state, events = run(state, [obs()] * 58, t0=43)  # 30 s would have been enough the first time
+    assert not events and state.regions["aws:r1"].state == "drained"
+    state, events = run(state, [obs()] * 3, t0=101)  # 60 s held (t=102): back
+    assert [e[1] for e in events] == ["undrain"] and events[0][0] == 102
+
+
+def test_hold_is_capped_and_forgets_old_drains() -> None:
+    policy = HealthPolicy(hold_s=30, max_hold_s=100, flap_window_s=600)
+    assert [policy.hold_after(n) for n in (1, 2, 3, 4, 5)] == [30, 60, 100, 100, 100]
+    state, _ = run(initial_state(REGIONS), [obs({"aws:r1"})] * 3, policy=policy)  # t=2
+    state, _ = run(state, [obs()] * 40, t0=3, policy=policy)
+    state, events = run(state, [obs({"aws:r1"})] * 3, t0=1000, policy=policy)  # long after: a first drain again
+    assert [e[1] for e in events] == ["drain"] and "times recently" not in state.regions["aws:r1"].reason
+
+
+def test_most_regions_going_quiet_together_freeze_before_any_drain() -> None:
+    """The controller's own network fails: every region's reports stop within a second of each other."""
+    policy = HealthPolicy(degrade_after=2, report_timeout_s=4.0, freeze_fraction=0.5)
+    regions = REGIONS
+    links = {(s, d): link(s, d) for s in regions for d in regions if s != d}
+    last = {r: 100.0 + 0.3 * i for i, r in enumerate(regions)}  # stopped over 2.4 s
+    state, kinds = initial_state(regions), []
+    for tick in range(40):
+        now = 100.0 + 0.5 * tick
+        state, evs = step(state, observe(regions, links, {}, last, now, policy), set(), policy, now)
+        kinds += [e.kind for e in evs]
+    assert kinds == ["freeze"] and all(s.state == "active" for s in state.regions.values())
+    last = dict.fromkeys(regions, 120.0)  # reports are back
+    state, evs = step(state, observe(regions, links, {}, last, 120.5, policy), set(), policy, 120.5)
+    assert [e.kind for e in evs] == ["unfreeze"]
+
+
+def test_unfreeze_starts_the_streaks_afresh() -> None:
+    silent = set(REGIONS[:5])
+    state, _ = run(initial_state(REGIONS), [obs(silent=silent)] * 6)
+    assert state.frozen and state.regions["aws:r0"].bad_streak == 6
+    state, events = run(state, [obs(silent={"aws:r0"})], t0=6)  # back, but r0's agents not yet
+    assert [e[1] for e in events] == ["unfreeze"] and state.regions["aws:r0"].bad_streak == 1  # not 7
+    state, events = run(state, [obs(silent={"aws:r0"})], t0=7)
+    assert not events  # two bad windows since the unfreeze are not yet the three it takes
+    state, events = run(state, [obs(silent={"aws:r0"})], t0=8)
+    assert [e[1:] for e in events] == [("drain", "aws:r0")]

@@ -1,0 +1,281 @@
+"""`meshctl lab ...`: a real WireGuard mesh in network namespaces on this machine (root).
+
+The lab's controller becomes the current `meshctl` context, so every other command works
+against it from the host shell: `meshctl status`, `meshctl matrix`, `meshctl route A B --explain`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from meshctl.cli import output
+from meshctl.cli.client import ApiError
+from meshctl.lab import lab
+from meshctl.lab.topology import TopologyError
+
+lab_app = typer.Typer(
+    help="meshlab: real WireGuard nodes in network namespaces, a WAN with measured cloud RTTs (needs root).",
+    no_args_is_help=True,
+)
+
+KIND_HELP = "blackhole, loss PCT or delay MS (MS is added to the round trip)"
+
+
+def _dir(ctx: typer.Context) -> Path | None:
+    value = ctx.meta.get("lab_dir")
+    return Path(value) if value else None
+
+
+def _err() -> Console:
+    return output.console(stderr=True)
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """Lab failures are one line on stderr and an exit code, like every meshctl failure."""
+    try:
+        yield
+    except TopologyError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise typer.Exit(7) from None
+    except lab.LabError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise typer.Exit(3 if str(exc).startswith("missing:") else 1) from None
+
+
+class Steps:
+    """Progress for long work: each step on stderr with the time since the start."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        _err().print(f"[dim][{time.monotonic() - self.t0:5.1f}s][/dim] {message}", highlight=False)
+
+
+@lab_app.callback()
+def lab_options(
+    ctx: typer.Context,
+    lab_dir: Annotated[
+        Path | None,
+        typer.Option("--dir", envvar="MESH_LAB_DIR", help="Where the lab keeps its state and logs."),
+    ] = None,
+) -> None:
+    ctx.meta["lab_dir"] = str(lab_dir) if lab_dir else None
+
+
+@lab_app.command("up")
+def up(
+    ctx: typer.Context,
+    topology: Annotated[
+        Path | None, typer.Option("--topology", help="A topology YAML file (default: 9 regions, 3 clouds).")
+    ] = None,
+    prefix: Annotated[str, typer.Option(envvar="MESH_LAB_PREFIX", help="Name prefix of namespaces/links.")] = "mlab",
+    net: Annotated[str, typer.Option(envvar="MESH_LAB_NET", help="The lab's /16, as two octets.")] = "10.213",
+) -> None:
+    """Bring the lab up (or restart what died in it) and make it the current context.
+
+    Example: sudo meshctl lab up && meshctl status
+    """
+    from meshctl.cli.main import Output, state
+
+    with guard():
+        st = lab.up(topology, _dir(ctx), prefix=prefix, net=net, say=Steps())
+    if state(ctx).output != Output.table:
+        typer.echo(output.dump(_summary(st), state(ctx).output.value))
+        return
+    rows = [[n.name, n.region, n.ns, n.wan_ip] for n in st.nodes]
+    output.console().print(
+        output.table(f"meshlab: {len(st.nodes)} nodes", ["node", "region", "namespace", "wan"], rows)
+    )
+    typer.echo(
+        f"controller {st.url} is the current meshctl context 'lab'. Try:\n"
+        "  meshctl status; meshctl matrix; meshctl routes\n"
+        f"  meshctl lab fault {st.nodes[0].region} blackhole; meshctl events -f; meshctl lab heal\n"
+        "  meshctl lab down"
+    )
+
+
+def _summary(st: lab.LabState) -> dict[str, Any]:
+    return {
+        "dir": st.dir,
+        "controller": st.url,
+        "nodes": [{"name": n.name, "region": n.region, "namespace": n.ns, "wan_ip": n.wan_ip} for n in st.nodes],
+    }
+
+
+@lab_app.command("status")
+def status(ctx: typer.Context) -> None:
+    """Processes, faults and every node as the controller sees it.  Example: meshctl lab status"""
+    from meshctl.cli.main import emit
+
+    with guard():
+        data = lab.status(lab.require(_dir(ctx)))
+    emit(ctx, data, _status_view)
+
+
+def _status_view(data: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.text import Text
+
+    ctl, router = data["controller"], data["router"]
+
+    def running(ok: bool) -> Text:
+        return Text("running", style="green") if ok else Text("DEAD", style="bold red")
+
+    head = Text.assemble(
+        "controller ",
+        ctl["url"],
+        " ",
+        running(ctl["running"]),
+        "   router ",
+        running(router["running"]),
+        f"  {router.get('forwarded', '?')} packets forwarded, {router.get('dropped', '?')} dropped",
+    )
+    faults = [f"{f['target']}: {f['what']}" for f in data["faults"]]
+    if data["controller_cut"]:
+        faults.append("controller cut off from every agent")
+    fault_line = Text("faults: " + ("; ".join(faults) if faults else "none"), style="yellow" if faults else "")
+    rows = [
+        [
+            n["name"],
+            n["region"],
+            n["wan_ip"],
+            n["overlay_ip"] or "-",
+            running(n["agent_running"]),
+            output.state_text("active") if n["up"] else output.state_text("drained"),
+            n["reports_accepted"] if n["reports_accepted"] is not None else "-",
+            output.ago(n["last_report_at"]),
+        ]
+        for n in data["nodes"]
+    ]
+    table = output.table(
+        None, ["node", "region", "wan", "overlay", "agent", "reporting", "reports", "last report"], rows
+    )
+    return Group(head, fault_line, table)
+
+
+@lab_app.command("down")
+def down(
+    ctx: typer.Context,
+    prefix: Annotated[str, typer.Option(envvar="MESH_LAB_PREFIX", help="Used when `up` died early.")] = "mlab",
+    net: Annotated[str, typer.Option(envvar="MESH_LAB_NET", help="Used when `up` died early.")] = "10.213",
+) -> None:
+    """Stop and remove everything the lab made (also after a failed or killed `up`).
+
+    Example: sudo meshctl lab down
+    """
+    with guard():
+        lab.preflight()
+        left = lab.down(_dir(ctx), prefix, net, say=Steps())
+    if left:
+        raise typer.Exit(1)
+
+
+def _fault_value(kind: str, value: float | None) -> tuple[str, float | None]:
+    if kind not in ("blackhole", "loss", "delay"):
+        raise typer.BadParameter(f"{kind!r}: give {KIND_HELP}", param_hint="KIND")
+    if kind != "blackhole" and value is None:
+        raise typer.BadParameter(f"{kind} needs a value: {KIND_HELP}", param_hint="VALUE")
+    return kind, value
+
+
+@lab_app.command("fault")
+def fault(
+    ctx: typer.Context,
+    region: Annotated[str, typer.Argument(help="A region of the lab.")],
+    kind: Annotated[str, typer.Argument(help=KIND_HELP)],
+    value: Annotated[float | None, typer.Argument(help="Percent for loss, milliseconds for delay.")] = None,
+) -> None:
+    """Break a region: every path to and from it (a blackhole also cuts its reports).
+
+    Example: meshctl lab fault aws:us-east-1 blackhole; meshctl lab fault gcp:us-east4 loss 30
+    """
+    kind, value = _fault_value(kind, value)
+    with guard():
+        answer = lab.fault(lab.require(_dir(ctx)), region, kind, value)
+    _faults_out(ctx, answer)
+
+
+@lab_app.command("fault-link")
+def fault_link(
+    ctx: typer.Context,
+    a: Annotated[str, typer.Argument(help="One region.")],
+    b: Annotated[str, typer.Argument(help="The other region.")],
+    kind: Annotated[str, typer.Argument(help=KIND_HELP)],
+    value: Annotated[float | None, typer.Argument(help="Percent for loss, milliseconds for delay.")] = None,
+) -> None:
+    """Break the paths between two regions, both ways.
+
+    Example: meshctl lab fault-link aws:us-east-1 aws:eu-west-2 delay 100
+    """
+    kind, value = _fault_value(kind, value)
+    with guard():
+        answer = lab.fault_link(lab.require(_dir(ctx)), a, b, kind, value)
+    _faults_out(ctx, answer)
+
+
+@lab_app.command("fault-controller")
+def fault_controller(ctx: typer.Context) -> None:
+    """Cut the controller off from every agent; the mesh keeps forwarding, the controller fails static.
+
+    Example: meshctl lab fault-controller; meshctl status; meshctl lab heal
+    """
+    from meshctl.cli.main import emit
+
+    with guard():
+        applied_at = lab.fault_controller(lab.require(_dir(ctx)))
+    emit(
+        ctx,
+        {"controller_cut": True, "applied_at": applied_at},
+        lambda _: "the controller is cut off from every agent (`meshctl lab heal` restores it)",
+    )
+
+
+@lab_app.command("heal")
+def heal(
+    ctx: typer.Context,
+    region: Annotated[str | None, typer.Argument(help="Only this region's fault (default: every fault).")] = None,
+) -> None:
+    """Lift faults.  Example: meshctl lab heal"""
+    with guard():
+        answer = lab.heal(lab.require(_dir(ctx)), region)
+    _faults_out(ctx, answer)
+
+
+def _faults_out(ctx: typer.Context, answer: dict[str, Any]) -> None:
+    """The faults now in force; with -o json also when the change took effect (`applied_at`)."""
+    from meshctl.cli.main import emit
+
+    def render(a: dict[str, Any]) -> str:
+        return "faults in force: " + ("; ".join(f"{f['target']}: {f['what']}" for f in a["faults"]) or "none")
+
+    emit(ctx, {k: v for k, v in answer.items() if k != "ok"}, render)
+
+
+@lab_app.command("demo")
+def demo(
+    ctx: typer.Context,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the lab running afterwards, to explore.")] = False,
+    topology: Annotated[Path | None, typer.Option("--topology", help="A topology YAML file.")] = None,
+) -> None:
+    """The mesh measures itself, routes through relays where faster, drains a dead region.
+
+    Up, converge, status, matrix, routes; blackhole a region and watch it drain; heal it and
+    watch it come back; tear down (unless --keep).  Example: sudo meshctl lab demo --keep
+    """
+    from meshctl.lab.demo import run
+
+    with guard():
+        try:
+            run(_dir(ctx), topology, keep, say=Steps(), console=output.console())
+        except ApiError as exc:
+            raise lab.LabError(f"the lab's controller: {exc.message}") from exc
