@@ -41,6 +41,8 @@ PID_FILE = "agent.pid"
 REPORT_TIMEOUT = httpx.Timeout(3.0, connect=2.0)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS has the same value
 MAX_DATAGRAM = 2048
+HANDSHAKE_GRACE_S = 2.0  # longer than any one handshake round trip between regions
+REPLY_TIMEOUT_S = 0.6  # a STAMP reply later than this is lost (useless to real-time media anyway)
 
 
 class Agent:
@@ -70,6 +72,9 @@ class Agent:
         self.by_overlay: dict[str, dict[str, Any]] = {}
         self.probe_seq = 0
         self.reflect_seq = 0
+        self.public_key = ""
+        self.first_seen: dict[str, float] = {}  # peer public key -> when it appeared (monotonic)
+        self.outstanding: dict[int, tuple[str, PeerWindow]] = {}  # probe seq -> (peer node id, its window)
         self.http: httpx.AsyncClient | None = None
         self._wake_reporter = asyncio.Event()
 
@@ -135,7 +140,9 @@ class Agent:
 
     def apply_peerlist(self, peerlist: dict[str, Any]) -> None:
         desired = [wg.WgPeer(p["public_key"], p["endpoint"], tuple(p["allowed_ips"])) for p in peerlist["peers"]]
-        changed, removed = wg.apply_peers(self.cfg.interface, desired, self.state)
+        changed, removed = wg.apply_peers(self.cfg.interface, desired, self.state, self.public_key)
+        now = time.monotonic()
+        self.first_seen = {p["public_key"]: self.first_seen.get(p["public_key"], now) for p in peerlist["peers"]}
         self.peerlist = peerlist
         self._save_json(PEERLIST_FILE, peerlist)
         self.by_overlay = {p["overlay_ip"]: p for p in peerlist["peers"]}
@@ -199,9 +206,9 @@ class Agent:
                 pkt = parse_reflector(data)
             except MalformedPacket:
                 return
-            window = self.windows.get(peer["node_id"])
-            if window is not None:
-                window.on_reply(pkt.sender_seq, pkt.rtt_seconds(received) * 1000.0)
+            sent_to = self.outstanding.get(pkt.sender_seq)
+            if sent_to is not None and sent_to[0] == peer["node_id"]:
+                sent_to[1].on_reply(pkt.sender_seq, pkt.rtt_seconds(received) * 1000.0)
                 self.m_replies.inc()
 
         sender = timestamped_socket((cred["overlay_ip"], 0))
@@ -209,26 +216,45 @@ class Agent:
         window_no = 0
         while True:
             self.choose_targets(window_no)
+            windows, seqs = self.windows, list[int]()
             window_start = datetime.now(UTC)
             deadline = loop.time() + self.cfg.window_s
             interval = 1.0 / self.cfg.probe_rate
             next_send = loop.time()
             while loop.time() < deadline:
                 step = interval / max(1, len(self.targets))  # spread out: no burst queues behind itself
-                for p in self.targets:
-                    pkt = SenderPacket(seq=self.probe_seq & 0xFFFFFFFF, timestamp=to_ntp(time.time())).encode()
-                    self.probe_seq += 1
-                    with contextlib.suppress(BlockingIOError, OSError):
-                        sender.sendto(pkt, (p["overlay_ip"], self.cfg.stamp_port))
-                    self.windows[p["node_id"]].on_sent()
-                    self.m_sent.inc()
+                slots: list[dict[str, Any] | None] = [*self.targets] or [None]
+                for p in slots:  # every slot sleeps, sent or not: never a busy loop
+                    if p is not None and self.may_probe(p["public_key"]):
+                        self.send_probe(sender, p, windows, seqs)
                     next_send += step
                     await asyncio.sleep(max(0.0, next_send - loop.time()))
-            await asyncio.sleep(min(0.5, interval))  # late replies still count for this window
-            self.close_window(window_start)
+            # probing goes on; this window closes once its last replies have had time to come back
+            loop.call_later(REPLY_TIMEOUT_S, self.close_window, window_start, windows, seqs)
             window_no += 1
 
-    def close_window(self, window_start: datetime) -> None:
+    def send_probe(
+        self, sender: socket.socket, peer: dict[str, Any], windows: dict[str, PeerWindow], seqs: list[int]
+    ) -> None:
+        seq = self.probe_seq & 0xFFFFFFFF
+        self.probe_seq += 1
+        pkt = SenderPacket(seq=seq, timestamp=to_ntp(time.time())).encode()
+        with contextlib.suppress(BlockingIOError, OSError):
+            sender.sendto(pkt, (peer["overlay_ip"], self.cfg.stamp_port))
+        windows[peer["node_id"]].on_sent()
+        self.outstanding[seq] = (peer["node_id"], windows[peer["node_id"]])
+        seqs.append(seq)
+        self.m_sent.inc()
+
+    def may_probe(self, peer_key: str) -> bool:
+        """The responding side of a new tunnel waits a moment for the initiator's handshake."""
+        if wg.initiates(self.public_key, peer_key):
+            return True
+        return time.monotonic() - self.first_seen.get(peer_key, 0.0) >= HANDSHAKE_GRACE_S
+
+    def close_window(self, window_start: datetime, windows: dict[str, PeerWindow], seqs: list[int]) -> None:
+        for seq in seqs:
+            self.outstanding.pop(seq, None)  # a reply later than REPLY_TIMEOUT_S counts as lost
         cred = self.credential
         seq = self.next_seq()
         report = {
@@ -236,7 +262,7 @@ class Agent:
             "seq": seq,
             "window_start": window_start.isoformat(),
             "window_s": self.cfg.window_s,
-            "peers": [w.summary(node_id) for node_id, w in self.windows.items() if w.sent],
+            "peers": [w.summary(node_id) for node_id, w in windows.items() if w.sent],
         }
         self.spool.put(seq, report)
         self.m_spooled.set(len(self.spool))
@@ -311,6 +337,7 @@ class Agent:
         cred = self.credential
         old = (self.state / keys.PRIVATE_KEY_FILE).read_text()
         _private, public = keys.rotate(self.state)
+        previous_public, self.public_key = self.public_key, public
         r = await self.http.put(
             f"/v1/nodes/{cred['node_id']}/key",
             json={"public_key": public},
@@ -318,6 +345,7 @@ class Agent:
         )
         if r.status_code != 200:
             keys.write_private(self.state / keys.PRIVATE_KEY_FILE, old.strip())
+            self.public_key = previous_public
             log.error("rotate-key refused (%d): %s; kept the old key", r.status_code, r.text[:200])
             return
         wg.bring_up(
@@ -332,6 +360,7 @@ class Agent:
 
     async def run(self) -> None:
         _private, public = keys.load_or_create(self.state)
+        self.public_key = public
         (self.state / PID_FILE).write_text(str(os.getpid()))
         start_http_server(self.cfg.metrics_port, addr=self.cfg.metrics_host, registry=self.registry)
         async with httpx.AsyncClient(base_url=self.cfg.controller, timeout=10) as http:

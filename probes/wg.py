@@ -72,8 +72,24 @@ def current_peers(ifname: str) -> dict[str, WgPeer]:
     return out
 
 
-def apply_peers(ifname: str, desired: list[WgPeer], state_dir: Path, keepalive: int = 25) -> tuple[int, int]:
-    """Add or update what differs, remove what is gone; returns (changed, removed)."""
+def initiates(own_public_key: str, peer_public_key: str) -> bool:
+    """Which side of a pair opens the tunnel: the smaller public key.
+
+    If both sides start a handshake at once (both get each other as a new peer in the same
+    second, and a persistent keepalive fires the moment a peer is set), the initiations
+    cross, each side ends up a responder waiting for the other, and the tunnel waits for
+    the 5 s retransmit - often several times over on a long path. One initiator avoids it.
+    """
+    return own_public_key < peer_public_key
+
+
+def apply_peers(
+    ifname: str, desired: list[WgPeer], state_dir: Path, own_public_key: str = "", keepalive: int = 25
+) -> tuple[int, int]:
+    """Add or update what differs, remove what is gone; returns (changed, removed).
+
+    Only the initiating side of each pair keeps a persistent keepalive (see `initiates`).
+    """
     have = current_peers(ifname)
     want = {p.public_key: p for p in desired}
     changed = removed = 0
@@ -95,7 +111,7 @@ def apply_peers(ifname: str, desired: list[WgPeer], state_dir: Path, keepalive: 
             "allowed-ips",
             ",".join(p.allowed_ips),
             "persistent-keepalive",
-            str(keepalive),
+            str(keepalive if initiates(own_public_key, key) else 0),
         )
         changed += 1
     save_peers(state_dir, desired)

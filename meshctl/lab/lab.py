@@ -463,6 +463,7 @@ def up(
         say(f"removing what an earlier lab with prefix {prefix!r} left behind")
         teardown(lab_dir, prefix, net)
     lab_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.rmtree(lab_dir / "logs", ignore_errors=True)  # the last lab's logs stay until a new one starts
     lab = Lab(prefix, net)
     state = LabState(
         dir=str(lab_dir),
@@ -541,20 +542,28 @@ def wait_joined(state: LabState, say: Say = _quiet, timeout: float = 90.0) -> No
 def calibrate(state: LabState, say: Say = _quiet) -> float:
     """Measure the lab's own forwarding cost (wireguard-go, TUN, veths) with ping over the overlay
     and take it off the router's delays, so a path's RTT is the topology's, not topology + lab."""
-    a, b = state.nodes[0], state.nodes[1]
+    a = state.nodes[0]
+    topo = state.topo()
+    # the nearest node of another region: the agents already probe it, so its tunnel is up
+    b = min((n for n in state.nodes if n.region != a.region), key=lambda n: topo.rtt(a.region, n.region))
     with state.client() as c:
         overlay = {n["endpoint"].rsplit(":", 1)[0]: n["overlay_ip"] for n in c.nodes()}
     target = overlay[b.wan_ip]
-    wait_for(
-        lambda: sh("ping", "-c", "1", "-W", "1", target, ns=a.ns, check=False).returncode == 0,
-        30,
-        f"the overlay between {a.name} and {b.name}",
-    )
+    try:
+        wait_for(
+            lambda: sh("ping", "-c", "1", "-W", "1", target, ns=a.ns, check=False).returncode == 0,
+            30,
+            f"the overlay between {a.name} and {b.name}",
+        )
+    except LabError as exc:
+        say(f"calibration skipped ({exc}): measured RTTs will read about 1 ms high")
+        return 0.0
     out = sh("ping", "-c", "40", "-i", "0.02", "-W", "1", target, ns=a.ns, check=False).stdout
     times = sorted(float(t) for t in re.findall(r"time=([\d.]+) ms", out))
     if len(times) < 20:
-        raise LabError(f"calibration: only {len(times)} of 40 pings over the overlay answered")
-    floor = max(0.0, times[len(times) // 2] - state.topo().rtt(a.region, b.region))
+        say(f"calibration skipped: only {len(times)} of 40 pings over the overlay answered")
+        return 0.0
+    floor = max(0.0, times[len(times) // 2] - topo.rtt(a.region, b.region))
     state.calibration_ms = round(min(floor, 10.0) / 2, 3)
     router_command(state, {"op": "calibrate", "one_way_ms": state.calibration_ms})
     say(f"calibrated: the lab's own forwarding adds {floor:.2f} ms per round trip; the router takes it off")

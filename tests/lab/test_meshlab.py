@@ -310,12 +310,13 @@ def test_5_controller_sigkill(mesh: LabUnderTest) -> None:
     assert sent == 200 and got == sent, out[-300:]
     region = mesh.get(f"/v1/regions/{drain_region}")
     assert region["state"] == "drained" and region["drain"]["reason"] == "maintenance before the kill"
-    nodes = {n["id"]: n for n in mesh.get("/v1/nodes")}
+    nodes = {n["id"]: n for n in mesh.get("/v1/nodes")}  # read before the database: agents keep reporting
     stored = _stored_seqs(Path(state.dir) / "controller.db")
     for node_id, n in nodes.items():
         seqs = stored[node_id]
         assert seqs == list(range(len(seqs))), f"{node_id}: gaps or repeats in stored windows"
-        assert n["reports_accepted"] == len(seqs) >= acked_before[node_id], (n, len(seqs), acked_before[node_id])
+        assert len(seqs) >= acked_before[node_id], f"{node_id}: acknowledged windows lost"
+        assert n["reports_accepted"] <= len(seqs) <= n["reports_accepted"] + 3, (n, len(seqs))
     with mesh.api() as c:
         c.delete(f"/v1/regions/{drain_region}/drain").raise_for_status()
     timing(
