@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup system demo serve test test-fast lint bench clean
+.PHONY: setup system demo lab lab-down serve test test-fast lint bench clean
 
 system:
 	bash scripts/setup-system.sh
@@ -17,8 +17,16 @@ $(BIN)/.installed: pyproject.toml
 
 setup: system $(BIN)/.installed
 
+# the main job: a real mesh in network namespaces measures itself, reroutes, drains a dead region
+# (needs root); KEEP=1 leaves it running to explore with meshctl
 demo: setup
-	$(BIN)/meshctl serve
+	$(BIN)/meshctl lab demo $(if $(KEEP),--keep)
+
+lab: setup
+	$(BIN)/meshctl lab up
+
+lab-down: setup
+	$(BIN)/meshctl lab down
 
 serve: setup
 	$(BIN)/meshctl serve

@@ -361,7 +361,7 @@ def explain_route(
                 note=note,
             )
         )
-        if len(out) >= limit:
-            break
-    out.sort(key=lambda c: (not c.chosen,))
-    return out
+    # the cheapest `limit`, and always the direct link: it is what an operator compares against
+    shown = out[:limit] + [c for c in out[limit:] if len(c.path) == 2]
+    shown.sort(key=lambda c: (not c.chosen,))
+    return shown

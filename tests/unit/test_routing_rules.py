@@ -190,3 +190,14 @@ def test_wg_quick_rendering_and_injection() -> None:
         render_wg_quick("100.96.0.2/12", 51820, [PeerConf(key, "1.2.3.4:1\nPostUp=x", ["100.96.0.3/32"])])
     with pytest.raises(ValueError):
         render_wg_quick("100.96.0.2/12", 51820, [PeerConf(key, None, ["0.0.0.0/0\nDNS=1.1.1.1"])])
+
+
+def test_explain_always_shows_the_direct_link_even_when_many_relays_beat_it() -> None:
+    regs = [f"R{i}" for i in range(8)]
+    rows = [[0.0 if i == j else 10.0 for j in range(8)] for i in range(8)]
+    rows[0][1] = rows[1][0] = 500.0  # every relay path (20-30) beats the direct link
+    m = mat(rows)
+    cands = explain_route(regs, m, m, set(), W, "R0", "R1", table=compute_routes(regs, m, m, set(), W), limit=4)
+    direct = [c for c in cands if c.path == ["R0", "R1"]]
+    assert len(direct) == 1 and direct[0].cost == 500 and direct[0].usable and not direct[0].chosen
+    assert len(cands) == 5 and cands[0].chosen
