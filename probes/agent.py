@@ -42,6 +42,7 @@ REPORT_TIMEOUT = httpx.Timeout(3.0, connect=2.0)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS has the same value
 MAX_DATAGRAM = 2048
 HANDSHAKE_GRACE_S = 2.0  # longer than any one handshake round trip between regions
+WARMUP_S = 5.0  # a new peer that never answered is reported as lost only after this
 REPLY_TIMEOUT_S = 0.6  # a STAMP reply later than this is lost (useless to real-time media anyway)
 
 
@@ -75,6 +76,8 @@ class Agent:
         self.public_key = ""
         self.first_seen: dict[str, float] = {}  # peer public key -> when it appeared (monotonic)
         self.outstanding: dict[int, tuple[str, PeerWindow]] = {}  # probe seq -> (peer node id, its window)
+        self.answered: set[str] = set()  # peers (node ids) that have answered a probe at least once
+        self.by_node: dict[str, dict[str, Any]] = {}
         self.http: httpx.AsyncClient | None = None
         self._wake_reporter = asyncio.Event()
 
@@ -146,6 +149,7 @@ class Agent:
         self.peerlist = peerlist
         self._save_json(PEERLIST_FILE, peerlist)
         self.by_overlay = {p["overlay_ip"]: p for p in peerlist["peers"]}
+        self.by_node = {p["node_id"]: p for p in peerlist["peers"]}
         self.m_peers.set(len(desired))
         if changed or removed:
             log.info(
@@ -209,6 +213,7 @@ class Agent:
             sent_to = self.outstanding.get(pkt.sender_seq)
             if sent_to is not None and sent_to[0] == peer["node_id"]:
                 sent_to[1].on_reply(pkt.sender_seq, pkt.rtt_seconds(received) * 1000.0)
+                self.answered.add(sent_to[0])
                 self.m_replies.inc()
 
         sender = timestamped_socket((cred["overlay_ip"], 0))
@@ -246,6 +251,15 @@ class Agent:
         seqs.append(seq)
         self.m_sent.inc()
 
+    def established(self, node_id: str) -> bool:
+        """Report a peer once it has answered, or once its tunnel has had time to come up: a new
+        peer that has not answered yet is still handshaking, not lost."""
+        if node_id in self.answered:
+            return True
+        peer = self.by_node.get(node_id)
+        key = peer["public_key"] if peer else ""
+        return time.monotonic() - self.first_seen.get(key, 0.0) >= WARMUP_S
+
     def may_probe(self, peer_key: str) -> bool:
         """The responding side of a new tunnel waits a moment for the initiator's handshake."""
         if wg.initiates(self.public_key, peer_key):
@@ -262,7 +276,7 @@ class Agent:
             "seq": seq,
             "window_start": window_start.isoformat(),
             "window_s": self.cfg.window_s,
-            "peers": [w.summary(node_id) for node_id, w in windows.items() if w.sent],
+            "peers": [w.summary(node_id) for node_id, w in windows.items() if w.sent and self.established(node_id)],
         }
         self.spool.put(seq, report)
         self.m_spooled.set(len(self.spool))

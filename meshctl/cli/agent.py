@@ -56,7 +56,11 @@ def run(
     except AgentConfigError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise typer.Exit(1) from None
-    agent.run(cfg)
+    try:
+        agent.run(cfg)
+    except RuntimeError as exc:  # join refused, no WireGuard, no join token: one line, not a traceback
+        sys.stderr.write(f"error: {exc}\n")
+        raise typer.Exit(1) from None
 
 
 @agent_app.command("rotate-key")

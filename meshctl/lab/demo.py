@@ -95,8 +95,7 @@ def outage(client: Client, state: lab.LabState, console: Console, say: Callable[
     through = [r for r in client.routes()["routes"] if victim in r["path"][1:-1]]
     console.rule(f"outage: {victim} blackholed (every path and its reports)")
     since = latest_event_id(client)
-    t_fault = time.time()
-    lab.fault(state, victim, "blackhole")
+    t_fault = lab.fault(state, victim, "blackhole")["applied_at"]
     drain = wait_event(client, since, "drain", victim, 30)
     say(f"{victim} drained {event_time(drain) - t_fault:.1f} s after the fault: {drain['reason']}")
     place = client.placement(victim, None, None)
@@ -105,7 +104,6 @@ def outage(client: Client, state: lab.LabState, console: Console, say: Callable[
     say(f"routes relayed through {victim}: {len(through)} before, {len(still)} now")
     console.rule(f"heal: {victim} comes back after {hold:.0f} s of hold time and good windows")
     since = int(drain["id"])
-    t_heal = time.time()
-    lab.heal(state)
+    t_heal = lab.heal(state)["applied_at"]
     undrain = wait_event(client, since, "undrain", victim, 90)
     say(f"{victim} back {event_time(undrain) - t_heal:.1f} s after the heal: {undrain['reason']}")

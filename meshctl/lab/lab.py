@@ -159,8 +159,13 @@ def _cmdline(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
+_started: dict[int, subprocess.Popen[bytes]] = {}  # what this process started (it may not have exec'd yet)
+
+
 def alive(pid: int | None, marker: str) -> bool:
     """The process runs and is ours (its command line names the lab directory)."""
+    if pid in _started:
+        return _started[pid].poll() is None
     return pid is not None and any(marker in a for a in _cmdline(pid))
 
 
@@ -201,8 +206,10 @@ def stop_processes(pids: list[int], grace_s: float = 3.0) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     for pid in pids:  # reap our own children so none is left a zombie
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
+        proc = _started.pop(pid, None)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(1)
 
 
 def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> int:
@@ -216,6 +223,7 @@ def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> int
             env=env,
             start_new_session=True,  # outlives `meshctl lab up`, and Ctrl-C in its terminal
         )
+    _started[proc.pid] = proc
     return proc.pid
 
 
@@ -251,6 +259,8 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, poll: float = 
             result = check()
             if result:
                 return result
+        except LabError:
+            raise  # a verdict, not a hiccup
         except Exception as exc:  # the thing may not be up yet
             last = exc
         time.sleep(poll)
@@ -301,10 +311,16 @@ def _start_router(state: LabState, topo: Topology) -> None:
         state.path / "logs" / "router.log",
     )
     _write_pid(state, "router", pid)
-    try:
-        wait_for(lambda: router_command(state, {"op": "status"}), 15, "the WAN router")
-    except LabError as exc:
-        raise LabError(f"{exc}\n{log_tail(state.path / 'logs' / 'router.log')}") from None
+
+    def answering() -> bool:
+        if not alive(pid, state.marker):
+            raise LabError(f"the WAN router exited:\n{log_tail(state.path / 'logs' / 'router.log')}")
+        try:
+            return bool(router_command(state, {"op": "status"}))
+        except LabError:
+            return False  # not listening yet
+
+    wait_for(answering, 15, "the WAN router")
     lab.route_wan_into_tun()
     router_command(state, {"op": "calibrate", "one_way_ms": state.calibration_ms})
     for cmd in state.faults:  # a restarted router takes the faults that were in force
@@ -459,9 +475,15 @@ def up(
     nodes_total = len(topo.node_regions())
     if len(prefix) > 6 or not prefix.isalnum():
         raise LabError(f"prefix {prefix!r}: at most 6 letters or digits (interface names are limited to 15)")
-    if existing_namespaces(prefix) or leftovers(prefix):
+    if leftovers(prefix):
         say(f"removing what an earlier lab with prefix {prefix!r} left behind")
         teardown(lab_dir, prefix, net)
+    clash = _net_in_use(net)
+    if clash:
+        raise LabError(
+            f"{net}.0.0/16 is already in use on this machine ({clash}): another lab? "
+            "take it down with `meshctl lab down`, or give this one --net (e.g. --net 10.219)"
+        )
     lab_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     shutil.rmtree(lab_dir / "logs", ignore_errors=True)  # the last lab's logs stay until a new one starts
     lab = Lab(prefix, net)
@@ -515,6 +537,15 @@ def up(
         raise
 
 
+def _net_in_use(net: str) -> str | None:
+    """An interface on the host with an address in the lab's /16, if any."""
+    for line in sh("ip", "-o", "-4", "addr", "show", check=False).stdout.splitlines():
+        cols = line.split()
+        if len(cols) > 3 and cols[3].startswith(f"{net}."):
+            return f"{cols[1]} has {cols[3]}"
+    return None
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -522,21 +553,23 @@ def _free_port(host: str) -> int:
 
 
 def wait_joined(state: LabState, say: Say = _quiet, timeout: float = 90.0) -> None:
-    seen = -1
+    """Every agent joined, its tunnel up and its first window reported."""
+    seen = (-1, -1)
 
-    def joined() -> bool:
+    def ready() -> bool:
         nonlocal seen
         for node in state.nodes:
             if not alive(_read_pid(state, node.name), state.marker):
                 raise LabError(f"agent {node.name} exited:\n{log_tail(state.path / 'logs' / f'{node.name}.log')}")
         with state.client() as c:
-            n = len(c.nodes())
-        if n != seen:
-            say(f"joined: {n}/{len(state.nodes)} nodes")
-            seen = n
-        return n >= len(state.nodes)
+            nodes = c.nodes()
+        now = (len(nodes), sum(1 for n in nodes if n["reports_accepted"]))
+        if now != seen:
+            say(f"joined: {now[0]}/{len(state.nodes)} nodes, {now[1]} reporting")
+            seen = now
+        return now[1] >= len(state.nodes)
 
-    wait_for(joined, timeout, "every agent to join", poll=0.5)
+    wait_for(ready, timeout, "every agent to join and report", poll=0.5)
 
 
 def calibrate(state: LabState, say: Say = _quiet) -> float:
