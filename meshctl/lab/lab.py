@@ -293,21 +293,7 @@ def _start_router(state: LabState, topo: Topology) -> None:
     sock = state.path / "wan.sock"
     sock.unlink(missing_ok=True)
     pid = _spawn(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.wan_ns,
-            sys.executable,
-            "-m",
-            "meshctl.lab.wanrouter",
-            "--tun",
-            lab.tun,
-            "--config",
-            str(state.path / "wan.json"),
-            "--control",
-            str(sock),
-        ],
+        lab.router_argv("--config", str(state.path / "wan.json"), "--control", str(sock)),
         state.path / "logs" / "router.log",
     )
     _write_pid(state, "router", pid)

@@ -7,6 +7,7 @@ import glob
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,21 @@ class Lab:
             sh("ip", "addr", "add", f"{self.wan_ip(i)}/24", "dev", b, ns=node)
             sh("ip", "link", "set", b, "up", ns=node)
             sh("ip", "route", "add", f"{self.net}.0.0/16", "via", gateway, ns=node)
+
+    def router_argv(self, *options: str) -> list[str]:
+        """The command that runs the WAN router (meshctl.lab.wanrouter) in the wan namespace."""
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.wan_ns,
+            sys.executable,
+            "-m",
+            "meshctl.lab.wanrouter",
+            "--tun",
+            self.tun,
+            *options,
+        ]
 
     def route_wan_into_tun(self) -> None:
         """Once the router has opened the TUN: send everything from the node veths into it."""

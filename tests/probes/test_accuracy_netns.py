@@ -48,22 +48,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     try:
         lab.up(2)
         lab.add_wan(2)
-        router = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                lab.wan_ns,
-                sys.executable,
-                "-m",
-                "meshctl.lab.wanrouter",
-                "--tun",
-                lab.tun,
-                "--delay-ms",
-                str(ONE_WAY_MS),
-            ],
-            stdout=subprocess.PIPE,
-        )
+        router = subprocess.Popen(lab.router_argv("--delay-ms", str(ONE_WAY_MS)), stdout=subprocess.PIPE)
         procs.append(router)  # type: ignore[arg-type]
         assert router.stdout is not None and b"wan router" in router.stdout.readline()
         lab.route_wan_into_tun()

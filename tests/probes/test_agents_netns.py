@@ -91,21 +91,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControllerP
         pairs: list[str] = []
         for (a, b), ms in ONE_WAY_MS.items():
             pairs += ["--pair", lab.wan_ip(a), lab.wan_ip(b), str(ms), "--pair", lab.wan_ip(b), lab.wan_ip(a), str(ms)]
-        router = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                lab.wan_ns,
-                sys.executable,
-                "-m",
-                "meshctl.lab.wanrouter",
-                "--tun",
-                lab.tun,
-                *pairs,
-            ],
-            stdout=subprocess.PIPE,
-        )
+        router = subprocess.Popen(lab.router_argv(*pairs), stdout=subprocess.PIPE)
         assert router.stdout is not None and b"wan router" in router.stdout.readline()
         lab.route_wan_into_tun()
         ctl.url = f"http://{lab.host_ip}:{ctl.port}"
