@@ -80,11 +80,12 @@ def initial_state(regions: Sequence[str]) -> HealthState:
     return HealthState(regions={r: RegionHealthState() for r in regions})
 
 
-def _sees_bad(link: RegionLink, baseline: float | None, policy: HealthPolicy) -> str | None:
+def _bad_kind(link: RegionLink, baseline: float | None, policy: HealthPolicy) -> str | None:
+    """"loss" or "rtt" when this observer sees the target bad, else None."""
     if link.loss_percent >= policy.bad_loss_percent or not math.isfinite(link.rtt_p50_ms):
-        return f"{link.loss_percent:.0f}% loss"
+        return "loss"
     if baseline is not None and link.rtt_p50_ms > baseline * policy.bad_rtt_ratio + policy.bad_rtt_extra_ms:
-        return f"RTT {link.rtt_p50_ms:.0f} ms vs {baseline:.0f} ms usual"
+        return "rtt"
     return None
 
 
@@ -104,31 +105,28 @@ def observe(
     """
     reporting = {r: (r not in last_report_at) or (now - last_report_at[r] <= policy.report_timeout_s) for r in regions}
     quiet = {r: r in last_report_at and now - last_report_at[r] > policy.report_timeout_s / 2 for r in regions}
+    observers = {r for r in regions if r in last_report_at and reporting[r]}
+    total = dict.fromkeys(regions, 0)
+    bad = {r: {"loss": 0, "rtt": 0} for r in regions}
+    for (src, target), link in links.items():  # one pass over the links, not regions x regions
+        if src == target or src not in observers or target not in total:
+            continue
+        total[target] += 1
+        kind = _bad_kind(link, baselines.get((src, target)), policy)
+        if kind is not None:
+            bad[target][kind] += 1
     out: dict[str, Observation] = {}
     for target in regions:
-        total = bad = 0
-        why: dict[str, int] = {}
-        for src in regions:
-            if src == target or not reporting[src] or src not in last_report_at:
-                continue
-            link = links.get((src, target))
-            if link is None:
-                continue
-            total += 1
-            verdict = _sees_bad(link, baselines.get((src, target)), policy)
-            if verdict is not None:
-                bad += 1
-                key = "loss" if "loss" in verdict else "rtt"
-                why[key] = why.get(key, 0) + 1
+        seen, n_bad = total[target], bad[target]["loss"] + bad[target]["rtt"]
         if not reporting[target]:
             silent = now - last_report_at[target]
             reason = f"its nodes stopped reporting {silent:.0f} s ago"
-        elif total and 2 * bad > total:
-            kind = "high loss" if why.get("loss", 0) >= why.get("rtt", 0) else "high RTT"
-            reason = f"{bad}/{total} observing regions see {kind} toward it"
+        elif seen and 2 * n_bad > seen:
+            kind = "high loss" if bad[target]["loss"] >= bad[target]["rtt"] else "high RTT"
+            reason = f"{n_bad}/{seen} observing regions see {kind} toward it"
         else:
-            reason = f"{bad}/{total} observing regions see it bad"
-        out[target] = Observation(target, reporting[target], total, bad, reason, quiet[target])
+            reason = f"{n_bad}/{seen} observing regions see it bad"
+        out[target] = Observation(target, reporting[target], seen, n_bad, reason, quiet[target])
     return out
 
 

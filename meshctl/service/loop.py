@@ -155,7 +155,10 @@ class ControlLoop:
                 last_report[n.region] = max(last_report.get(n.region, 0), n.last_report_at)
         for r in last_report:  # a restarted or new leader has not been reachable until now
             last_report[r] = max(last_report[r], self._listening_since)
-        judged = [r for r in regions if any(n.region == r for n in ctl.nodes.values())]
+        nodes_of: dict[str, list[Any]] = {}
+        for n in ctl.nodes.values():
+            nodes_of.setdefault(n.region, []).append(n)
+        judged = [r for r in regions if r in nodes_of]
         policy = ctl.settings.health_policy()
         observations = observe(judged, links, ctl.baselines, last_report, now, policy)
         manual = {r for r, d in ctl.drains.items() if d.kind == "manual"}
@@ -207,7 +210,7 @@ class ControlLoop:
                 "observers_total": o.observers_total if o else 0,
                 "bad_windows": h.bad_streak if h else 0,
                 "good_windows": h.good_streak if h else 0,
-                "reporting_nodes": sum(1 for n in ctl.nodes.values() if n.region == rid and ctl._node_up(n, now)),
+                "reporting_nodes": sum(1 for n in nodes_of.get(rid, ()) if ctl._node_up(n, now)),
                 "reason": (o.reason if o else None),
             }
         alerts = [ev.reason for ev in events if ev.kind == "alert"]
