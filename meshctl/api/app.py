@@ -50,8 +50,8 @@ def create_app(settings: Settings | None = None, announce: Callable[[str], None]
         description="Routes, health and drains of a multi-cloud media mesh.",
         max_body_size=settings.max_body_bytes,
     )
-    # the hot path first: a plain Starlette route, matched before the documented FastAPI one
-    app.router.routes.insert(0, routes.fast_route)
+    # the hot paths first: plain Starlette routes, matched before the documented FastAPI ones
+    app.router.routes[:0] = [routes.fast_route, reports.fast_route]
     for module in (routes, system, regions, tokens, nodes, reports, events):
         app.include_router(module.router)
 

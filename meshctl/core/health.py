@@ -81,7 +81,7 @@ def initial_state(regions: Sequence[str]) -> HealthState:
 
 
 def _bad_kind(link: RegionLink, baseline: float | None, policy: HealthPolicy) -> str | None:
-    """"loss" or "rtt" when this observer sees the target bad, else None."""
+    """Which way this observer sees the target bad ("loss" or "rtt"), or None."""
     if link.loss_percent >= policy.bad_loss_percent or not math.isfinite(link.rtt_p50_ms):
         return "loss"
     if baseline is not None and link.rtt_p50_ms > baseline * policy.bad_rtt_ratio + policy.bad_rtt_extra_ms:

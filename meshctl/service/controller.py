@@ -547,11 +547,14 @@ class Controller:
 
     # --- reports -------------------------------------------------------------------------
 
-    async def ingest(self, who: Principal, report: s.ReportIn, raw: str) -> s.ReportAck:
+    async def ingest(self, who: Principal, report: s.ReportColumns | s.ReportIn, raw: str) -> s.ReportAck:
         """Check, write durably (group commit), then fold into the link book.
 
-        `raw` is the accepted JSON text: stored as is, never re-serialised.
+        `raw` is the accepted JSON text: stored as is, never re-serialised. Nothing here loops in
+        Python over the peers unless a check fails (then the loop finds the first bad one).
         """
+        if isinstance(report, s.ReportIn):
+            report = s.ReportColumns.from_model(report)
         reject = self.metrics.reports_rejected
         if who.kind != "node":
             reject.labels("not_a_node").inc()
@@ -561,29 +564,17 @@ class Controller:
             raise Forbidden(f"node_id: this credential belongs to {who.id}, not {report.node_id}", field="node_id")
         node = self.get_node(who.id)
         now = self.clock()
-        start = report.window_start.timestamp()
+        start = report.window_start
         if start > now + self.settings.report_max_future_s:
             reject.labels("future").inc()
             raise Invalid("window_start: is in the future", field="window_start")
         if start + report.window_s < now - self.settings.report_max_age_s:
             reject.labels("too_old").inc()
             raise Invalid("window_start: older than the controller keeps", field="window_start")
-        seen = set()
-        for i, p in enumerate(report.peers):
-            if p.peer_node_id == who.id:
-                reject.labels("bad_peer").inc()
-                raise Invalid(
-                    f"peers[{i}].peer_node_id: a node does not probe itself", field=f"peers[{i}].peer_node_id"
-                )
-            if p.peer_node_id in seen:
-                reject.labels("bad_peer").inc()
-                raise Invalid(f"peers[{i}].peer_node_id: listed twice", field=f"peers[{i}].peer_node_id")
-            seen.add(p.peer_node_id)
-            if p.peer_node_id not in self.nodes:
-                reject.labels("bad_peer").inc()
-                raise Invalid(
-                    f"peers[{i}].peer_node_id: unknown node {p.peer_node_id!r}", field=f"peers[{i}].peer_node_id"
-                )
+        ids = report.peers.ids
+        unique = set(ids)
+        if who.id in unique or len(unique) != len(ids) or not all(map(self.nodes.__contains__, unique)):
+            self._reject_peers(who.id, ids)
         recent, recent_set = self.recent_seqs.setdefault(node.id, (deque(), set()))
         pending = self.pending_seqs.setdefault(node.id, set())
         if report.seq in recent_set or report.seq in pending:
@@ -609,32 +600,63 @@ class Controller:
         node.last_report_at = max(node.last_report_at or 0, now)
         node.last_seq = max(node.last_seq if node.last_seq is not None else -1, report.seq)
         node.reports_accepted += 1
-        samples = [(p.peer_node_id, p.sent, p.received, p.rtt_p50_ms, p.rtt_p90_ms, p.jitter_ms) for p in report.peers]
-        self.record_report(node, samples, start + report.window_s, now)
+        self.record_report(node, report.peers, start + report.window_s, now)
         self.metrics.reports_ingested.inc()
         return s.ReportAck(node_id=node.id, seq=report.seq, accepted=True)
 
-    def record_report(self, node: NodeRow, peers: Iterable[PeerSample], window_end: float, received: float) -> None:
-        """Fold one report into the link book (also used for reports pulled from other replicas)."""
+    def _reject_peers(self, node_id: str, peer_ids: list[str]) -> None:
+        """Raise for the first bad peer: itself, listed twice, or not a node we know."""
+        reject = self.metrics.reports_rejected
+        seen = set()
+        for i, peer in enumerate(peer_ids):
+            field = f"peers[{i}].peer_node_id"
+            if peer == node_id:
+                reject.labels("bad_peer").inc()
+                raise Invalid(f"{field}: a node does not probe itself", field=field)
+            if peer in seen:
+                reject.labels("bad_peer").inc()
+                raise Invalid(f"{field}: listed twice", field=field)
+            seen.add(peer)
+            if peer not in self.nodes:
+                reject.labels("bad_peer").inc()
+                raise Invalid(f"{field}: unknown node {peer!r}", field=field)
+
+    def record_report(
+        self, node: NodeRow, peers: s.PeerColumns | Iterable[PeerSample], window_end: float, received: float
+    ) -> None:
+        """Fold one report into the link book (also used for reports pulled from other replicas).
+
+        Peers that are not (or no longer) known nodes, and those with nothing sent, are skipped.
+        """
+        if not isinstance(peers, s.PeerColumns):
+            rows = list(peers)
+            peers = s.PeerColumns.from_rows([r[0] for r in rows], [r[1:] for r in rows])
         at = min(window_end, received)
         self.region_last_report[node.region] = max(self.region_last_report.get(node.region, 0), received)
-        samples = []
-        for peer_id, sent, got, p50, p90, jitter in peers:
-            target = self.nodes.get(peer_id)
-            if target is None or sent == 0:
-                continue
-            loss = 100.0 * (sent - min(got, sent)) / sent
-            samples.append((target.id, target.region, p50, p90, jitter, loss))
-        self.linkbook.record_many(node.id, node.region, samples, at)
+        if not peers.ids:
+            return
+        sent, got = peers.sent, peers.received
+        keep = sent > 0
+        loss = np.divide(100.0 * (sent - np.minimum(got, sent)), sent, out=np.zeros_like(sent), where=keep)
+        self.linkbook.record_report(
+            node.id, node.region, peers.ids, self._region_of, peers.p50, peers.p90, peers.jitter, loss, at, keep
+        )
+
+    def _region_of(self, node_id: str) -> str | None:
+        node = self.nodes.get(node_id)
+        return None if node is None else node.region
 
     def record_stored_report(self, node: NodeRow, body: str, window_start: float, received: float) -> None:
         """A report another replica accepted (JSON text from the store)."""
-        data = json.loads(body)
-        peers = [
-            (p["peer_node_id"], p["sent"], p["received"], p.get("rtt_p50_ms"), p.get("rtt_p90_ms"), p.get("jitter_ms"))
-            for p in data["peers"]
-        ]
-        self.record_report(node, peers, window_start + float(data["window_s"]), received)
+        try:
+            report = s.parse_report(body)
+        except ValueError:  # accepted by an older replica under other rules: read what is there
+            data = json.loads(body)
+            keys = ("rtt_p50_ms", "rtt_p90_ms", "jitter_ms")
+            rows = [(p["peer_node_id"], p["sent"], p["received"], *map(p.get, keys)) for p in data["peers"]]
+            self.record_report(node, rows, window_start + float(data["window_s"]), received)
+            return
+        self.record_report(node, report.peers, window_start + report.window_s, received)
 
     async def _write_reports(self, rows: list[dict[str, Any]]) -> list[bool]:
         return await self.db(self.store.insert_reports, rows, self.settings.replica_id)

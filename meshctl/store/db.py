@@ -17,7 +17,22 @@ from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import CursorResult, Engine, Result, case, create_engine, event, exists, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    CursorResult,
+    Engine,
+    Result,
+    Table,
+    bindparam,
+    case,
+    create_engine,
+    event,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -101,6 +116,7 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._report_sql: tuple[Any, Any] | None = None
 
     @property
     def backend(self) -> str:
@@ -431,9 +447,14 @@ class Store:
     # --- reports -------------------------------------------------------------------------
 
     def insert_reports(self, rows: Sequence[dict[str, Any]], replica_id: str) -> list[bool]:
-        """Write a batch of reports in one transaction; False marks a duplicate (node_id, seq)."""
+        """Write a batch of reports in one transaction; False marks a duplicate (node_id, seq).
+
+        Core statements built once, on one connection: one multi-row INSERT and one executemany
+        UPDATE of the nodes, whatever the batch size (ORM statements cost more than the write).
+        """
         if not rows:
             return []
+        insert_stmt, update_stmt = self._report_statements()
         values = [
             {
                 "node_id": r["node_id"],
@@ -445,28 +466,43 @@ class Store:
             }
             for r in rows
         ]
-        ins = _dialect_insert(self.backend)(ReportRow)
-        stmt = ins.on_conflict_do_nothing(index_elements=["node_id", "seq"]).returning(ReportRow.node_id, ReportRow.seq)
-        with self._tx() as s:
-            inserted = {(n, int(q)) for n, q in s.execute(stmt, values).all()}
+        with self.engine.begin() as conn:
+            inserted = {(n, int(q)) for n, q in conn.execute(insert_stmt, values).all()}
+            written = []  # a window sent twice in one batch is written once, the first time
             per_node: dict[str, tuple[int, float, int]] = {}
             for r in rows:
-                if (r["node_id"], r["seq"]) in inserted:
+                key = (r["node_id"], r["seq"])
+                written.append(key in inserted)
+                if written[-1]:
+                    inserted.discard(key)
                     seq, at, count = per_node.get(r["node_id"], (-1, 0.0, 0))
                     per_node[r["node_id"]] = (max(seq, r["seq"]), max(at, r["received_at"]), count + 1)
-            for node_id, (seq, at, count) in per_node.items():
-                s.execute(
-                    update(NodeRow)
-                    .where(NodeRow.id == node_id)
-                    .values(
-                        last_seq=case(
-                            (NodeRow.last_seq.is_(None), seq), (NodeRow.last_seq < seq, seq), else_=NodeRow.last_seq
-                        ),
-                        last_report_at=at,
-                        reports_accepted=NodeRow.reports_accepted + count,
-                    )
+            if per_node:
+                params = [{"b_id": n, "b_seq": q, "b_at": at, "b_count": k} for n, (q, at, k) in per_node.items()]
+                conn.execute(update_stmt, params)
+        return written
+
+    def _report_statements(self) -> tuple[Any, Any]:
+        if self._report_sql is None:
+            reports, nodes = cast(Table, ReportRow.__table__), cast(Table, NodeRow.__table__)
+            ins = _dialect_insert(self.backend)(reports)
+            insert_stmt = ins.on_conflict_do_nothing(index_elements=["node_id", "seq"]).returning(
+                reports.c.node_id, reports.c.seq
+            )
+            seq = bindparam("b_seq", type_=BigInteger)
+            update_stmt = (
+                update(nodes)
+                .where(nodes.c.id == bindparam("b_id"))
+                .values(
+                    last_seq=case(
+                        (nodes.c.last_seq.is_(None), seq), (nodes.c.last_seq < seq, seq), else_=nodes.c.last_seq
+                    ),
+                    last_report_at=bindparam("b_at"),
+                    reports_accepted=nodes.c.reports_accepted + bindparam("b_count", type_=BigInteger),
                 )
-        return [(r["node_id"], r["seq"]) in inserted for r in rows]
+            )
+            self._report_sql = (insert_stmt, update_stmt)
+        return self._report_sql
 
     def reports_after(
         self, after_id: int, exclude_replica: str | None, limit: int = 5000

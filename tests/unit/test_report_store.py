@@ -1,0 +1,51 @@
+"""Store.insert_reports: one transaction per batch, duplicates told apart, node counters kept."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from meshctl.store.db import Store
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    st = Store(database_url)
+    st.open()
+    st.upsert_region("aws:us-east-1", "aws", None, 0.0, 0.0, None, 1.0)
+    for name in ("a", "b"):
+        tok = st.create_join_token(f"j{name}", "aws:us-east-1", f"hash-j{name}", 1.0, 600, 1)
+        st.join_node(
+            node_id=f"n-{name}",
+            join_hash=tok.token_hash,
+            region="aws:us-east-1",
+            name=name,
+            public_key="A" * 43 + "=",
+            endpoint="192.0.2.1:51820",
+            token_hash=f"hash-n{name}",
+            now=1.0,
+            overlay_cidr="100.96.0.0/12",
+            region_prefix=22,
+        )
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+def row(node: str, seq: int, at: float) -> dict[str, object]:
+    return {"node_id": node, "seq": seq, "window_start": at - 5, "received_at": at, "body": f'{{"seq": {seq}}}'}
+
+
+def test_batches_duplicates_and_counters(store: Store) -> None:
+    assert store.insert_reports([], "r1") == []
+    first = [row("n-a", 1, 10.0), row("n-a", 3, 12.0), row("n-b", 7, 11.0), row("n-a", 1, 13.0)]
+    assert store.insert_reports(first, "r1") == [True, True, True, False]  # the same window twice in a batch
+    assert store.insert_reports([row("n-a", 2, 20.0), row("n-b", 7, 21.0)], "r2") == [True, False]
+    nodes = {n.id: n for n in store.nodes()}
+    assert (nodes["n-a"].last_seq, nodes["n-a"].reports_accepted, nodes["n-a"].last_report_at) == (3, 3, 20.0)
+    assert (nodes["n-b"].last_seq, nodes["n-b"].reports_accepted, nodes["n-b"].last_report_at) == (7, 1, 11.0)
+    rows, cursor = store.reports_after(0, "r1")
+    assert [(r.node_id, r.seq, r.replica_id, r.body) for r in rows] == [("n-a", 2, "r2", '{"seq": 2}')]
+    assert cursor == store.max_report_id()
