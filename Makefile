@@ -46,6 +46,7 @@ lint: setup
 	$(BIN)/mypy stacks/meshstack stacks/policy/rules.py
 
 bench: setup
+	bash scripts/setup-system.sh --bench
 	$(BIN)/python -m bench.bench_routes
 	$(BIN)/python -m bench.bench_queries
 	$(BIN)/python -m bench.bench_ingest

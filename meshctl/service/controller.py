@@ -954,7 +954,12 @@ def snapshot_body(snap: Snapshot) -> dict[str, Any]:
 
 
 def _flat(m: np.ndarray) -> list[float | None]:
-    return [None if not math.isfinite(x) else round(float(x), 4) for x in m.ravel().tolist()]
+    """Row-major values rounded to 0.1 µs; None where infinite or NaN (JSON has neither)."""
+    vals = np.round(m.ravel().astype(float), 4)
+    out: list[float | None] = vals.tolist()
+    for k in np.flatnonzero(~np.isfinite(vals)).tolist():
+        out[k] = None
+    return out
 
 
 def _matrix(values: list[float | None], r: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 
 from meshctl.api import schemas as s
 from meshctl.core.health import HealthState, RegionHealthState, initial_state, observe, step
-from meshctl.core.routing import compute_routes, cost_matrices, diff_routes
+from meshctl.core.routing import changed_mask, compute_routes, cost_matrices, diff_routes, warm_up
 from meshctl.service.controller import Controller, Snapshot, snapshot_body
 from meshctl.store.db import StoreError
 
@@ -43,6 +43,7 @@ class ControlLoop:
     async def _run(self) -> None:
         ctl = self.ctl
         interval = ctl.settings.recompute_interval_s
+        await asyncio.to_thread(warm_up)  # the route kernel compiles (or loads) off the event loop
         while True:
             started = time.monotonic()
             ctl.ticks_started += 1
@@ -197,7 +198,7 @@ class ControlLoop:
         prev = ctl.snapshot.table
         previous = prev if prev is not None and prev.regions == tuple(regions) else None
         table = compute_routes(regions, cost, rtt, drained, ctl.weights, previous)
-        changes = diff_routes(previous, table)
+        changed = int(changed_mask(previous, table).sum())
         states: dict[str, str] = {}
         health_out: dict[str, dict[str, Any]] = {}
         for rid in regions:
@@ -233,7 +234,7 @@ class ControlLoop:
             alerts=tuple(alerts),
         )
         must_publish = (
-            bool(changes) or previous is None or drained != ctl.snapshot.drained or states != ctl.snapshot.states
+            changed > 0 or previous is None or drained != ctl.snapshot.drained or states != ctl.snapshot.states
         )
         if must_publish:
             generation = max(ctl.snapshot.generation, await ctl.db(ctl.store.max_generation)) + 1
@@ -249,16 +250,19 @@ class ControlLoop:
             if not ok:
                 self._step_down("publishing refused: the lease is no longer ours")
                 return
-            if changes:
-                sample = [{"src": a, "dst": b, "before": old, "after": new} for a, b, old, new in changes[:20]]
+            if changed:
+                sample = [
+                    {"src": a, "dst": b, "before": old, "after": new}
+                    for a, b, old, new in diff_routes(previous, table, limit=20)
+                ]
                 await ctl.db(
                     ctl.store.add_event,
                     now,
                     "route_change",
-                    f"{len(changes)} routes changed (generation {generation})",
+                    f"{changed} routes changed (generation {generation})",
                     None,
                     None,
-                    {"generation": generation, "changed": len(changes), "sample": sample},
+                    {"generation": generation, "changed": changed, "sample": sample},
                 )
                 ctl.metrics.events.labels("route_change").inc()
         ctl.snapshot = snap

@@ -201,3 +201,18 @@ def test_explain_always_shows_the_direct_link_even_when_many_relays_beat_it() ->
     direct = [c for c in cands if c.path == ["R0", "R1"]]
     assert len(direct) == 1 and direct[0].cost == 500 and direct[0].usable and not direct[0].chosen
     assert len(cands) == 5 and cands[0].chosen
+
+
+def test_compiled_kernel_matches_the_numpy_reference() -> None:
+    """The numba min-plus kernel gives exactly what the numpy one does (costs and relay indexes)."""
+    from meshctl.core import routing
+
+    assert routing._kernel is not None, "numba is a dependency: the compiled kernel should be in use"
+    rng = np.random.default_rng(11)
+    for r in (1, 2, 3, 17, 150, 300):
+        units = rng.integers(0, routing._UNUSABLE + 1, size=(r, r)).astype(np.int32)
+        units[rng.random((r, r)) < 0.1] = routing._UNUSABLE  # missing links
+        relays = np.flatnonzero(rng.random(r) > 0.2)  # some regions drained
+        compiled = routing._min_plus(units, units, relays)
+        reference = routing._min_plus(units, units, relays, use_kernel=False)
+        assert np.array_equal(compiled, reference), r
