@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     hysteresis_ratio: float = 0.05
     max_relays: int = Field(default=2, ge=0, le=2)
     stale_after_s: float = 20.0
+    # weight of a new window's loss against the node pair's running figure (1.0: no smoothing);
+    # a window of a few probes measures loss coarsely, and routes should not follow its noise
+    loss_smoothing: float = Field(default=0.5, gt=0, le=1)
 
     # health and drain
     bad_loss_percent: float = 20.0

@@ -72,7 +72,11 @@ class LinkBook:
     _FIELDS = ("p50", "p90", "jitter", "loss", "at")
     _MEDIANS = ("p50", "p90", "jitter", "loss")
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, capacity: int = 1024, loss_smoothing: float = 1.0, smoothing_horizon_s: float = 60.0) -> None:
+        """`loss_smoothing` is the weight of a new window's loss against the pair's last value
+        (an exponential average; 1.0 keeps only the newest), within `smoothing_horizon_s`."""
+        self.loss_smoothing = loss_smoothing
+        self.smoothing_horizon_s = smoothing_horizon_s
         self._out: dict[str, dict[str, int]] = {}  # observer -> target -> slot
         self._free: list[int] = []
         self._pair_id: dict[tuple[str, str], int] = {}
@@ -140,6 +144,12 @@ class LinkBook:
             self._layout += 1
         lost = rtt_p50_ms is None or loss_percent >= 100.0
         d = self._data
+        if (
+            self.loss_smoothing < 1.0
+            and self._pair[slot] == pid
+            and 0 <= at - d["at"][slot] <= self.smoothing_horizon_s
+        ):
+            loss_percent = self.loss_smoothing * loss_percent + (1 - self.loss_smoothing) * float(d["loss"][slot])
         self._pair[slot] = pid
         d["p50"][slot] = math.inf if lost or rtt_p50_ms is None else rtt_p50_ms
         d["p90"][slot] = math.inf if lost else (rtt_p90_ms if rtt_p90_ms is not None else rtt_p50_ms)
@@ -196,6 +206,11 @@ class LinkBook:
             slots, pids, p50, p90, jitter, loss = (a[mask] for a in (slots, pids, p50, p90, jitter, loss))
         lost = np.isnan(p50) | (loss >= 100.0)
         d = self._data
+        if self.loss_smoothing < 1.0:
+            age = at - d["at"][slots]  # NaN for a slot never written: not recent
+            recent = (self._pair[slots] == pids) & (age >= 0) & (age <= self.smoothing_horizon_s)
+            w = self.loss_smoothing
+            loss = np.where(recent, w * loss + (1 - w) * d["loss"][slots], loss)
         self._pair[slots] = pids
         d["p50"][slots] = np.where(lost, math.inf, p50)
         d["p90"][slots] = np.where(lost, math.inf, np.where(np.isnan(p90), p50, p90))

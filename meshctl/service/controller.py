@@ -121,7 +121,7 @@ class Controller:
         self.peer_generation = 0
         self.config_version = -1
         self.snapshot = Snapshot()
-        self.linkbook = LinkBook()
+        self.linkbook = LinkBook(loss_smoothing=settings.loss_smoothing, smoothing_horizon_s=settings.stale_after_s)
         self.baselines: dict[tuple[str, str], float] = {}
         self.health: HealthState = initial_state([])
         self.region_last_report: dict[str, float] = {}

@@ -283,13 +283,14 @@ def _node_id(mesh: LabUnderTest, node: lab.LabNode) -> str:
 def test_5_controller_sigkill(mesh: LabUnderTest) -> None:
     state = mesh.state
     overlay = mesh.overlay_ips()
-    a, b = state.nodes[0], state.nodes[5]
+    a = state.nodes[0]
+    b = next(n for n in state.nodes if n.region != a.region and TOPO.rtt(a.region, n.region) < 5)  # same metro
     drain_region = state.nodes[-1].region
     with mesh.api() as c:
         r = c.post(f"/v1/regions/{drain_region}/drain", json={"reason": "maintenance before the kill"})
         assert r.status_code == 200, r.text
-    ping = subprocess.Popen(  # 30 s of pings, 10 a second, across the kill and the restart
-        ["ip", "netns", "exec", a.ns, "ping", "-c", "300", "-i", "0.1", "-W", "2", overlay[b.name]],
+    ping = subprocess.Popen(  # 10 a second, across the kill and the restart, until stopped
+        ["ip", "netns", "exec", a.ns, "ping", "-i", "0.1", "-W", "2", overlay[b.name]],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -310,10 +311,15 @@ def test_5_controller_sigkill(mesh: LabUnderTest) -> None:
 
     wait(caught_up, 30, "every window made while the controller was down delivered")
     replayed = time.time()
-    out, _ = ping.communicate(timeout=40)
-    assert replayed - killed < 29, "the episode outlasted the pings"
-    sent, got = (int(x) for x in re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())  # type: ignore[union-attr]
-    assert sent == 300 and got == sent, out[-300:]
+    time.sleep(1)
+    ping.send_signal(signal.SIGINT)
+    out, _ = ping.communicate(timeout=10)
+    sent = int(re.search(r"(\d+) packets transmitted", out).group(1))  # type: ignore[union-attr]
+    answered = {int(x) for x in re.findall(r"icmp_seq=(\d+)", out)}
+    got = len(answered)
+    # every echo answered, in an unbroken run; only the one in flight when ping was stopped may lack a reply
+    assert answered == set(range(1, max(answered) + 1)) and max(answered) >= sent - 1, out[-300:]
+    assert sent >= 10 * (replayed - killed), "pings covered the whole episode"
     region = mesh.get(f"/v1/regions/{drain_region}")
     assert region["state"] == "drained" and region["drain"]["reason"] == "maintenance before the kill"
     nodes = {n["id"]: n for n in mesh.get("/v1/nodes")}  # read before the database: agents keep reporting
