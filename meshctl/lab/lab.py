@@ -371,31 +371,9 @@ def _start_controller(state: LabState) -> None:
 
 
 def _start_agent(state: LabState, node: LabNode, join_token: str | None) -> None:
-    args = [
-        "ip",
-        "netns",
-        "exec",
-        node.ns,
-        sys.executable,
-        "-m",
-        "meshctl",
-        "agent",
-        "run",
-        "--controller",
-        state.url,
-        "--region",
-        node.region,
-        "--endpoint",
-        f"{node.wan_ip}:51820",
-        "--interface",
-        node.ifname,
-        "--state-dir",
-        node.state_dir,
-        "--window",
-        str(AGENT_WINDOW_S),
-    ]
-    if join_token:
-        args += ["--join-token", join_token]
+    args = state.netns().agent_argv(
+        node.index, state.url, node.region, node.state_dir, window=str(AGENT_WINDOW_S), join_token=join_token
+    )
     _write_pid(state, node.name, _spawn(args, state.path / "logs" / f"{node.name}.log"))
 
 

@@ -111,6 +111,25 @@ class Lab:
             *options,
         ]
 
+    def agent_argv(self, i: int, controller: str, region: str, state_dir: str, **options: str | None) -> list[str]:
+        """`meshctl agent run` as node i of this lab: its namespace, WAN endpoint and interface.
+
+        Further options by name (`window="1"`, `join_token=...`); None leaves one out.
+        """
+        argv = ["ip", "netns", "exec", self.node_ns(i), sys.executable, "-m", "meshctl", "agent", "run"]
+        flags = {
+            "controller": controller,
+            "region": region,
+            "endpoint": f"{self.wan_ip(i)}:51820",
+            "interface": f"{self.prefix}w{i}",
+            "state_dir": state_dir,
+            **options,
+        }
+        for name, value in flags.items():
+            if value is not None:
+                argv += [f"--{name.replace('_', '-')}", value]
+        return argv
+
     def route_wan_into_tun(self) -> None:
         """Once the router has opened the TUN: send everything from the node veths into it."""
         sh("ip", "route", "replace", "default", "dev", self.tun, "table", "100", ns=self.wan_ns)

@@ -9,7 +9,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -59,37 +58,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             with ctl.client() as c:
                 token = c.post("/v1/join-tokens", json={"region": region, "ttl_s": 600, "uses": 1}).json()["token"]
             log = open(tmp / f"agent{i}.log", "wb")  # noqa: SIM115 - lives as long as the agent
-            procs.append(
-                subprocess.Popen(
-                    [
-                        "ip",
-                        "netns",
-                        "exec",
-                        lab.namespaces[i],
-                        sys.executable,
-                        "-m",
-                        "meshctl",
-                        "agent",
-                        "run",
-                        "--controller",
-                        ctl.url,
-                        "--region",
-                        region,
-                        "--join-token",
-                        token,
-                        "--endpoint",
-                        f"{lab.wan_ip(i)}:51820",
-                        "--interface",
-                        f"{lab.prefix}w{i}",
-                        "--state-dir",
-                        str(tmp / f"node{i}"),
-                        "--window",
-                        "2",
-                    ],
-                    stdout=log,
-                    stderr=log,
-                )
-            )
+            argv = lab.agent_argv(i, ctl.url, region, str(tmp / f"node{i}"), window="2", join_token=token)
+            procs.append(subprocess.Popen(argv, stdout=log, stderr=log))
         nodes = ctl.wait_for(
             lambda: (
                 len(ctl.client().get("/v1/nodes").json()) == 2

@@ -37,31 +37,17 @@ class Node:
         self.log = tmp / f"agent{i}.log"
 
     def start(self, join_token: str | None = None) -> None:
-        args = [
-            sys.executable,
-            "-m",
-            "meshctl",
-            "agent",
-            "run",
-            "--controller",
+        args = self.lab.agent_argv(
+            self.i,
             self.controller.url,
-            "--region",
             self.region,
-            "--endpoint",
-            f"{self.lab.wan_ip(self.i)}:51820",
-            "--interface",
-            self.ifname,
-            "--state-dir",
             str(self.state),
-            "--window",
-            "1",
-            "--probe-rate",
-            "10",
-        ]
-        if join_token:
-            args += ["--join-token", join_token]
+            window="1",
+            probe_rate="10",
+            join_token=join_token,
+        )
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *args], stdout=log, stderr=log)
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log)
 
     def stop(self) -> None:
         if self.proc is not None:
