@@ -34,7 +34,9 @@ serve: setup
 test: setup
 	bash scripts/setup-system.sh --test
 	bash scripts/ensure-postgres.sh
-	$(BIN)/pytest -q -p no:cacheprovider
+	@# two workers for what runs on loopback; then the network-namespace labs, alone (their timings matter)
+	$(BIN)/pytest -q -p no:cacheprovider -m "not lab" -n 2
+	$(BIN)/pytest -q -p no:cacheprovider -m lab
 
 test-fast: setup
 	MESH_TEST_BACKENDS=sqlite $(BIN)/pytest -q -x -m "not lab"
