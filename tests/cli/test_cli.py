@@ -217,6 +217,8 @@ def test_follow_exits_cleanly_on_ctrl_c(controller: ControllerProcess, tmp_path:
         stderr=subprocess.PIPE,
         text=True,
         env=e,
+        # as from a terminal: a pytest-xdist worker ignores SIGINT, and children inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(2.0)
     with controller.client() as c:

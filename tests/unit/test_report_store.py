@@ -49,3 +49,19 @@ def test_batches_duplicates_and_counters(store: Store) -> None:
     rows, cursor = store.reports_after(0, "r1")
     assert [(r.node_id, r.seq, r.replica_id, r.body) for r in rows] == [("n-a", 2, "r2", '{"seq": 2}')]
     assert cursor == store.max_report_id()
+
+
+def test_an_acknowledged_write_is_synced_to_disk(database_url: str) -> None:
+    """An accepted report must survive a power cut, not only a controller crash: SQLite syncs
+    its WAL on every commit (synchronous=FULL); PostgreSQL commits synchronously."""
+    st = Store(database_url)
+    st.open()
+    try:
+        with st.engine.connect() as conn:
+            if st.backend == "sqlite":
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            else:
+                assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+    finally:
+        st.close()
