@@ -30,6 +30,10 @@ class ControlLoop:
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
         self._listening_since = 0.0  # when this replica began to lead: silence is counted from here
+        # while the database is unreachable no report can be accepted: the replica is deaf, and
+        # that time is not held against the links (for one stale period after it hears again)
+        self._deaf_since: float | None = None
+        self._deaf_credit = (0.0, 0.0)  # (seconds deaf, until when the credit holds)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="control-loop")
@@ -59,6 +63,8 @@ class ControlLoop:
                 if ctl.store_ok:
                     log.warning("control loop: %s", exc)
                 ctl.store_ok = False
+                if self._deaf_since is None:
+                    self._deaf_since = ctl.clock()
                 if ctl.is_leader and ctl.clock() >= ctl.lease_expires:
                     self._step_down("lease expired while the database was unreachable")
             ctl.metrics.store_up.set(1 if ctl.store_ok else 0)
@@ -76,6 +82,11 @@ class ControlLoop:
         now = ctl.clock()
         lease = await ctl.db(ctl.store.acquire_or_renew, ctl.settings.replica_id, now, ctl.settings.lease_s)
         leading = lease.holder == ctl.settings.replica_id
+        if self._deaf_since is not None:  # the database answers again: reports can come in
+            deaf_s = max(0.0, now - self._deaf_since)
+            self._deaf_since = None
+            self._deaf_credit = (deaf_s, now + ctl.weights.stale_after_s)
+            self._listening_since = now  # and the agents' silence is counted afresh
         ctl.leader = lease.holder if lease.expires_at > now else None
         ctl.leader_since = lease.acquired_at if ctl.leader is not None else None
         if leading and not ctl.is_leader:
@@ -97,6 +108,12 @@ class ControlLoop:
             if ctl.is_leader:
                 await ctl.db(ctl.store.prune_route_tables)
 
+    def _links_as_of(self, now: float) -> float:
+        """When links are judged fresh or stale: `now`, less the time this replica was deaf
+        (database unreachable, no report accepted) for one stale period after it hears again."""
+        deaf_s, until = self._deaf_credit
+        return now - deaf_s if now < until else now
+
     async def _become_leader(self, epoch: int, since: float) -> None:
         ctl = self.ctl
         ctl.is_leader, ctl.lease_epoch, ctl.leader_since = True, epoch, since
@@ -105,7 +122,7 @@ class ControlLoop:
         ctl.metrics.leader_since.set(since)
         await self._follow()  # start from the newest published table and generation
         # warm the link book with what other replicas (or our previous life) accepted
-        recent = await ctl.db(ctl.store.recent_reports, ctl.clock() - ctl.weights.stale_after_s)
+        recent = await ctl.db(ctl.store.recent_reports, self._links_as_of(ctl.clock()) - ctl.weights.stale_after_s)
         for row in recent:
             node = ctl.nodes.get(row.node_id)
             if node is not None:
@@ -145,7 +162,8 @@ class ControlLoop:
         ctl = self.ctl
         t0 = time.perf_counter()
         regions = sorted(ctl.regions)
-        links = ctl.linkbook.fold(now, ctl.weights.stale_after_s)
+        links_at = self._links_as_of(now)
+        links = ctl.linkbook.fold(links_at, ctl.weights.stale_after_s)
         for key, link in links.items():
             if link.rtt_p50_ms == link.rtt_p50_ms and link.rtt_p50_ms < float("inf"):
                 old = ctl.baselines.get(key)
@@ -194,7 +212,7 @@ class ControlLoop:
             links = dict(ctl.snapshot.links) or links
             cost, rtt = cost_matrices(regions, links, ctl.weights, frozen_at)
         else:
-            cost, rtt = cost_matrices(regions, links, ctl.weights, now)
+            cost, rtt = cost_matrices(regions, links, ctl.weights, links_at)
         prev = ctl.snapshot.table
         previous = prev if prev is not None and prev.regions == tuple(regions) else None
         table = compute_routes(regions, cost, rtt, drained, ctl.weights, previous)

@@ -163,7 +163,9 @@ def test_follower_lag_and_drain_visible_everywhere(replicas: list[ControllerProc
         t0 = time.monotonic()
         while len(seen) < 3 and time.monotonic() - t0 < 10:
             for p in replicas:
-                if p.replica_id not in seen and p.client().get(f"/v1/routes/{A}/{C}").json()["path"] == target:
+                # a follower that has not yet loaded the regions another replica just added
+                # answers 404 for up to one poll: not yet, like an older path
+                if p.replica_id not in seen and p.client().get(f"/v1/routes/{A}/{C}").json().get("path") == target:
                     seen[p.replica_id] = time.monotonic()
             time.sleep(0.02)
         assert len(seen) == 3, seen
@@ -249,15 +251,19 @@ def test_database_outage_reads_continue(replicas: list[ControllerProcess], priva
         time.sleep(max(0.0, 20.0 - (time.monotonic() - stopped)))
     finally:
         private_pg.start()
-    querier.stop.set()
-    querier.join()
-    assert querier.failed == [], querier.failed[:5]
-    report(f"database down 20 s: {querier.ok} route queries answered, none failed")
     t0 = time.monotonic()
     for p in replicas:
         p.wait_for(lambda p=p: (h := health(p)) is not None and h["store"] == "up", timeout=15, what="recovery")
+    recovered = time.monotonic() - t0
     replicas[0].wait_for(lambda: leader_of(replicas), timeout=15, what="a leader after the outage")
-    report(f"replicas recovered {time.monotonic() - t0:.2f} s after the database came back, no restart")
+    # the links are older than the stale age now (no report could be accepted for 20 s): the
+    # leader's first tables after the outage must not throw them away before agents report again
+    time.sleep(3.0)
+    querier.stop.set()
+    querier.join()
+    assert querier.failed == [], querier.failed[:5]
+    report(f"database down 20 s: {querier.ok} route queries answered, none failed, through recovery and 3 s after")
+    report(f"replicas recovered {recovered:.2f} s after the database came back, no restart")
     with replicas[2].client() as c:
         assert c.post(f"/v1/regions/{B}/drain", json={"reason": "after outage"}).status_code == 200
     for p in replicas:
