@@ -80,6 +80,23 @@ def make_database_url(backend: str, tmp_path: Path) -> tuple[str, Callable[[], N
     raise ValueError(backend)
 
 
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.2, detail: Callable[[], str] | None = None
+) -> Any:
+    """The first truthy answer of `predicate`, asked every `poll` seconds; AssertionError after
+    `timeout`, with the last answer (and `detail()`, such as a server log)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(poll)
+    raise AssertionError(
+        f"timed out after {timeout:g}s waiting for {what}; last={last!r}" + (f"\n{detail()}" if detail else "")
+    )
+
+
 class ControllerProcess:
     """`meshctl serve` as a real process, with helpers a test needs."""
 
@@ -243,14 +260,7 @@ class ControllerProcess:
             assert r.status_code == 202, r.text
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            last = predicate()
-            if last:
-                return last
-            time.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}\n{self.log()}")
+        return wait_until(predicate, timeout, what, poll=0.1, detail=self.log)
 
 
 @pytest.fixture(params=backends())

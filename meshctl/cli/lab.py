@@ -85,23 +85,26 @@ def up(
 
     Example: sudo meshctl lab up && meshctl status
     """
-    from meshctl.cli.main import Output, state
+    from meshctl.cli.main import emit
 
     with guard():
         st = lab.up(topology, _dir(ctx), prefix=prefix, net=net, say=Steps())
-    if state(ctx).output != Output.table:
-        typer.echo(output.dump(_summary(st), state(ctx).output.value))
-        return
-    rows = [[n.name, n.region, n.ns, n.wan_ip] for n in st.nodes]
-    output.console().print(
-        output.table(f"meshlab: {len(st.nodes)} nodes", ["node", "region", "namespace", "wan"], rows)
-    )
-    typer.echo(
-        f"controller {st.url} is the current meshctl context 'lab'. Try:\n"
+    emit(ctx, _summary(st), _up_view)
+
+
+def _up_view(data: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.text import Text
+
+    nodes = data["nodes"]
+    rows = [[n["name"], n["region"], n["namespace"], n["wan_ip"]] for n in nodes]
+    hint = (
+        f"controller {data['controller']} is the current meshctl context 'lab'. Try:\n"
         "  meshctl status; meshctl matrix; meshctl routes\n"
-        f"  meshctl lab fault {st.nodes[0].region} blackhole; meshctl events -f; meshctl lab heal\n"
+        f"  meshctl lab fault {nodes[0]['region']} blackhole; meshctl events -f; meshctl lab heal\n"
         "  meshctl lab down"
     )
+    return Group(output.table(f"meshlab: {len(nodes)} nodes", ["node", "region", "namespace", "wan"], rows), Text(hint))
 
 
 def _summary(st: lab.LabState) -> dict[str, Any]:

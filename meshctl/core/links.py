@@ -157,20 +157,6 @@ class LinkBook:
         d["loss"][slot] = loss_percent
         d["at"][slot] = at
 
-    def record_many(
-        self,
-        observer_node: str,
-        observer_region: str,
-        samples: list[tuple[str, str, float | None, float | None, float | None, float]],
-        at: float,
-    ) -> None:
-        """Record one report's samples: (target node, target region, p50, p90, jitter, loss%).
-
-        One `record` per sample; `record_report` does the same work a whole report at a time.
-        """
-        for target_node, target_region, p50, p90, jitter, loss in samples:
-            self.record(observer_node, observer_region, target_node, target_region, p50, p90, jitter, loss, at)
-
     def record_report(
         self,
         observer_node: str,

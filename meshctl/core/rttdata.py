@@ -15,9 +15,9 @@ def region_of(name: str) -> str:
     return m.group(1) if m else name
 
 
-def parse_skyplane_csv(text: str) -> dict[tuple[str, str], float]:
-    """Average RTT per directed region pair, PREMIUM tier rows only, duplicates averaged."""
-    sums: dict[tuple[str, str], list[float]] = {}
+def skyplane_samples(text: str) -> dict[tuple[str, str], list[float]]:
+    """Every measured average RTT per directed region pair, PREMIUM tier rows only."""
+    samples: dict[tuple[str, str], list[float]] = {}
     lines = [line for line in text.splitlines() if not line.startswith("#")]
     for row in csv.DictReader(io.StringIO("\n".join(lines))):
         if row.get("src_tier") != "PREMIUM" or row.get("dst_tier") != "PREMIUM":
@@ -25,5 +25,10 @@ def parse_skyplane_csv(text: str) -> dict[tuple[str, str], float]:
         src, dst = region_of(row["src_region"]), region_of(row["dst_region"])
         if src == dst:
             continue
-        sums.setdefault((src, dst), []).append(float(row["avg_rtt"]))
-    return {k: sum(v) / len(v) for k, v in sums.items()}
+        samples.setdefault((src, dst), []).append(float(row["avg_rtt"]))
+    return samples
+
+
+def parse_skyplane_csv(text: str) -> dict[tuple[str, str], float]:
+    """Average RTT per directed region pair, PREMIUM tier rows only, duplicates averaged."""
+    return {k: sum(v) / len(v) for k, v in skyplane_samples(text).items()}

@@ -118,7 +118,9 @@ class LabState:
         return Path(self.dir)
 
     def netns(self) -> Lab:
-        return Lab(self.prefix, self.net, [n.ns for n in self.nodes] + [f"{self.prefix}wan"])
+        lab = Lab(self.prefix, self.net)
+        lab.namespaces = [n.ns for n in self.nodes] + [lab.wan_ns]
+        return lab
 
     def topo(self) -> Topology:
         return load_topology(Path(self.topology) if self.topology else None)
@@ -544,6 +546,11 @@ def wait_joined(state: LabState, say: Say = _quiet, timeout: float = 90.0) -> No
     wait_for(ready, timeout, "every agent to join and report", poll=0.5)
 
 
+def nodes_by_wan_ip(client: Client) -> dict[str, dict[str, Any]]:
+    """The controller's nodes by the WAN address they joined with (a lab node's `wan_ip`)."""
+    return {n["endpoint"].rsplit(":", 1)[0]: n for n in client.nodes()}
+
+
 def calibrate(state: LabState, say: Say = _quiet) -> float:
     """Measure the lab's own forwarding cost (wireguard-go, TUN, veths) with ping over the overlay
     and take it off the router's delays, so a path's RTT is the topology's, not topology + lab."""
@@ -552,8 +559,7 @@ def calibrate(state: LabState, say: Say = _quiet) -> float:
     # the nearest node of another region: the agents already probe it, so its tunnel is up
     b = min((n for n in state.nodes if n.region != a.region), key=lambda n: topo.rtt(a.region, n.region))
     with state.client() as c:
-        overlay = {n["endpoint"].rsplit(":", 1)[0]: n["overlay_ip"] for n in c.nodes()}
-    target = overlay[b.wan_ip]
+        target = nodes_by_wan_ip(c)[b.wan_ip]["overlay_ip"]
     try:
         wait_for(
             lambda: sh("ping", "-c", "1", "-W", "1", target, ns=a.ns, check=False).returncode == 0,
@@ -577,7 +583,7 @@ def calibrate(state: LabState, say: Say = _quiet) -> float:
 
 def repair(state: LabState, say: Say = _quiet) -> LabState:
     """`up` on a lab that exists: restart the router, controller or agents that are not running."""
-    missing = set(_expected_namespaces(state)) - set(existing_namespaces(state.prefix))
+    missing = set(state.netns().namespaces) - set(existing_namespaces(state.prefix))
     if missing:
         raise LabError(
             f"the lab in {state.dir} lost its namespaces ({', '.join(sorted(missing))}): "
@@ -598,10 +604,6 @@ def repair(state: LabState, say: Say = _quiet) -> LabState:
     _set_context(state)
     state.save()
     return state
-
-
-def _expected_namespaces(state: LabState) -> list[str]:
-    return [n.ns for n in state.nodes] + [f"{state.prefix}wan"]
 
 
 def teardown(lab_dir: Path, prefix: str, net: str = "10.213", state: LabState | None = None) -> None:
@@ -718,7 +720,7 @@ def status(state: LabState) -> dict[str, Any]:
         out["router"].update(forwarded=answer["forwarded"], dropped=answer["dropped"])
     seen: dict[str, dict[str, Any]] = {}
     with contextlib.suppress(Exception), state.client(timeout=2) as c:
-        seen = {n["endpoint"].rsplit(":", 1)[0]: n for n in c.nodes()}
+        seen = nodes_by_wan_ip(c)
     for node in state.nodes:
         pid = _read_pid(state, node.name)
         api = seen.get(node.wan_ip, {})

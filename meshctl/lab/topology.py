@@ -18,8 +18,6 @@ builds a topology from the Skyplane RTT table, which is how the default file was
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import math
 import statistics
@@ -32,6 +30,7 @@ from typing import Any
 import yaml
 
 from meshctl.core.regions import InvalidRegionId, parse_region_id
+from meshctl.core.rttdata import skyplane_samples
 
 MAX_NODES_PER_REGION = 4
 MAX_NODES = 40  # each node is a wireguard-go and a Python agent: keep a 2-core machine breathing
@@ -134,26 +133,12 @@ def dump(topo: Topology, header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _skyplane_region(raw: str) -> str:
-    """Skyplane names GCP zones (`gcp:us-east4-a`); the project's id is the region."""
-    cloud, name = raw.split(":", 1)
-    if cloud == "gcp" and len(name) > 2 and name[-2] == "-" and name[-1].isalpha():
-        name = name[:-2]
-    return f"{cloud}:{name}"
-
-
 def from_skyplane(csv_text: str, regions: dict[str, int], name: str, source: str) -> Topology:
     """RTT per pair: the median of the measured average RTT in both directions, PREMIUM tier."""
-    samples: dict[tuple[str, str], list[float]] = {}
-    for row in csv.DictReader(io.StringIO("\n".join(ln for ln in csv_text.splitlines() if not ln.startswith("#")))):
-        if row["src_tier"] != "PREMIUM" or row["dst_tier"] != "PREMIUM":
-            continue
-        a, b = _skyplane_region(row["src_region"]), _skyplane_region(row["dst_region"])
-        if a in regions and b in regions and a != b:
-            samples.setdefault((min(a, b), max(a, b)), []).append(float(row["avg_rtt"]))
+    measured = skyplane_samples(csv_text)
     rtt_rows = []
     for a, b in itertools.combinations(regions, 2):
-        got = samples.get((min(a, b), max(a, b)))
+        got = measured.get((a, b), []) + measured.get((b, a), [])
         if not got:
             raise TopologyError(f"the RTT table has no PREMIUM measurement between {a} and {b}")
         rtt_rows.append([a, b, round(statistics.median(got), 1)])

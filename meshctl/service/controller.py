@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -72,7 +72,6 @@ class Unavailable(ServiceError):
 
 
 T = TypeVar("T")
-PeerSample = tuple[str, int, int, float | None, float | None, float | None]
 
 
 @overload
@@ -547,14 +546,12 @@ class Controller:
 
     # --- reports -------------------------------------------------------------------------
 
-    async def ingest(self, who: Principal, report: s.ReportColumns | s.ReportIn, raw: str) -> s.ReportAck:
+    async def ingest(self, who: Principal, report: s.ReportColumns, raw: str) -> s.ReportAck:
         """Check, write durably (group commit), then fold into the link book.
 
         `raw` is the accepted JSON text: stored as is, never re-serialised. Nothing here loops in
         Python over the peers unless a check fails (then the loop finds the first bad one).
         """
-        if isinstance(report, s.ReportIn):
-            report = s.ReportColumns.from_model(report)
         reject = self.metrics.reports_rejected
         if who.kind != "node":
             reject.labels("not_a_node").inc()
@@ -621,16 +618,11 @@ class Controller:
                 reject.labels("bad_peer").inc()
                 raise Invalid(f"{field}: unknown node {peer!r}", field=field)
 
-    def record_report(
-        self, node: NodeRow, peers: s.PeerColumns | Iterable[PeerSample], window_end: float, received: float
-    ) -> None:
+    def record_report(self, node: NodeRow, peers: s.PeerColumns, window_end: float, received: float) -> None:
         """Fold one report into the link book (also used for reports pulled from other replicas).
 
         Peers that are not (or no longer) known nodes, and those with nothing sent, are skipped.
         """
-        if not isinstance(peers, s.PeerColumns):
-            rows = list(peers)
-            peers = s.PeerColumns.from_rows([r[0] for r in rows], [r[1:] for r in rows])
         at = min(window_end, received)
         self.region_last_report[node.region] = max(self.region_last_report.get(node.region, 0), received)
         if not peers.ids:
@@ -653,8 +645,11 @@ class Controller:
         except ValueError:  # accepted by an older replica under other rules: read what is there
             data = json.loads(body)
             keys = ("rtt_p50_ms", "rtt_p90_ms", "jitter_ms")
-            rows = [(p["peer_node_id"], p["sent"], p["received"], *map(p.get, keys)) for p in data["peers"]]
-            self.record_report(node, rows, window_start + float(data["window_s"]), received)
+            peers = s.PeerColumns.from_rows(
+                [p["peer_node_id"] for p in data["peers"]],
+                [(p["sent"], p["received"], *map(p.get, keys)) for p in data["peers"]],
+            )
+            self.record_report(node, peers, window_start + float(data["window_s"]), received)
             return
         self.record_report(node, report.peers, window_start + report.window_s, received)
 

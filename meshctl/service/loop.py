@@ -169,14 +169,13 @@ class ControlLoop:
                 old = ctl.baselines.get(key)
                 ctl.baselines[key] = link.rtt_p50_ms if old is None else min(old, link.rtt_p50_ms)
         last_report = dict(ctl.region_last_report)
+        nodes_of: dict[str, list[Any]] = {}
         for n in ctl.nodes.values():
+            nodes_of.setdefault(n.region, []).append(n)
             if n.last_report_at:
                 last_report[n.region] = max(last_report.get(n.region, 0), n.last_report_at)
         for r in last_report:  # a restarted or new leader has not been reachable until now
             last_report[r] = max(last_report[r], self._listening_since)
-        nodes_of: dict[str, list[Any]] = {}
-        for n in ctl.nodes.values():
-            nodes_of.setdefault(n.region, []).append(n)
         judged = [r for r in regions if r in nodes_of]
         policy = ctl.settings.health_policy()
         observations = observe(judged, links, ctl.baselines, last_report, now, policy)

@@ -17,8 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from datetime import datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,10 @@ import httpx
 import pytest
 
 from meshctl.lab import lab
+from meshctl.lab.demo import event_time
 from meshctl.lab.netns import existing_namespaces, leftovers, sh
 from meshctl.lab.topology import load_topology
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.lab
 TOPO = load_topology()
@@ -92,23 +93,9 @@ class LabUnderTest:
 
     def overlay_ips(self) -> dict[str, str]:
         """Lab node name -> overlay address."""
-        by_wan = {n["endpoint"].rsplit(":", 1)[0]: n["overlay_ip"] for n in self.get("/v1/nodes")}
-        return {n.name: by_wan[n.wan_ip] for n in self.state.nodes}
-
-
-def wait(check: Callable[[], Any], timeout: float, what: str, poll: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last={last!r}")
-
-
-def event_ts(e: dict[str, Any]) -> float:
-    return datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+        with self.state.client() as c:
+            by_wan = lab.nodes_by_wan_ip(c)
+        return {n.name: by_wan[n.wan_ip]["overlay_ip"] for n in self.state.nodes}
 
 
 def require_lab_tools() -> None:
@@ -139,7 +126,7 @@ def test_1_convergence(mesh: LabUnderTest) -> None:
     t0 = time.monotonic()
     state = mesh.state
     try:
-        wait(lambda: lab.converged(state)["ok"], 120, "all 72 region pairs within 10% or 2 ms", poll=1.0)
+        wait_until(lambda: lab.converged(state)["ok"], 120, "all 72 region pairs within 10% or 2 ms", poll=1.0)
     except AssertionError:
         print(json.dumps(lab.converged(state), indent=1))
         raise
@@ -165,14 +152,14 @@ def test_1_convergence(mesh: LabUnderTest) -> None:
 def _reroute(mesh: LabUnderTest, a: str, b: str, kind: str, value: str) -> None:
     assert mesh.route(a, b) == [a, b], f"{a}->{b} should start direct"
     applied = mesh.json("lab", "fault-link", a, b, kind, value)["applied_at"]
-    path = wait(lambda: (p := mesh.route(a, b)) != [a, b] and p, 15, f"{a}->{b} through a relay")
+    path = wait_until(lambda: (p := mesh.route(a, b)) != [a, b] and p, 15, f"{a}->{b} through a relay")
     rerouted = time.time() - applied
     assert len(path) in (3, 4) and path[0] == a and path[-1] == b
     explained = mesh.get(f"/v1/routes/{a}/{b}", explain="true")
     direct = [c for c in explained["candidates"] if c["path"] == [a, b]]
     assert not direct or direct[0]["cost"] > explained["cost"], explained
     healed = mesh.json("lab", "heal")["applied_at"]
-    wait(lambda: mesh.route(a, b) == [a, b], 20, f"{a}->{b} direct again")
+    wait_until(lambda: mesh.route(a, b) == [a, b], 20, f"{a}->{b} direct again")
     back = time.time() - healed
     timing(
         f"relay: {a} <-> {b} {kind} {value}: routed via {' -> '.join(path[1:-1])} {rerouted:.1f} s after the fault "
@@ -199,8 +186,8 @@ def test_3_outage_drains_within_5s_and_comes_back_after_the_hold(mesh: LabUnderT
     def drained() -> dict[str, Any] | None:
         return next((e for e in mesh.events_after(since) if e["kind"] == "drain" and e["region"] == victim), None)
 
-    drain = wait(drained, 15, f"{victim} drained")
-    fault_to_drain = event_ts(drain) - applied
+    drain = wait_until(drained, 15, f"{victim} drained")
+    fault_to_drain = event_time(drain) - applied
     assert fault_to_drain <= 5.0, f"drained {fault_to_drain:.1f} s after the fault"
     assert "observing regions see" in drain["reason"] or "stopped reporting" in drain["reason"], drain
     for _ in range(5):  # while drained: never a relay, never a placement
@@ -220,10 +207,10 @@ def test_3_outage_drains_within_5s_and_comes_back_after_the_hold(mesh: LabUnderT
     def undrained() -> dict[str, Any] | None:
         return next((e for e in mesh.events_after(int(drain["id"])) if e["kind"] == "undrain"), None)
 
-    undrain = wait(undrained, HOLD_S + 30, f"{victim} back")
+    undrain = wait_until(undrained, HOLD_S + 30, f"{victim} back")
     assert undrain["region"] == victim
-    held = event_ts(undrain) - event_ts(drain)
-    after_heal = event_ts(undrain) - healed
+    held = event_time(undrain) - event_time(drain)
+    after_heal = event_time(undrain) - healed
     assert held >= HOLD_S
     assert after_heal <= HOLD_S + 10, f"back {after_heal:.1f} s after the heal"
     timing(
@@ -238,7 +225,7 @@ def test_4_fail_static_when_the_controller_is_cut_off(mesh: LabUnderTest) -> Non
     overlay = mesh.overlay_ips()
     a, b = mesh.state.nodes[0], mesh.state.nodes[-1]
     cut = mesh.json("lab", "fault-controller")["applied_at"]
-    freeze = wait(
+    freeze = wait_until(
         lambda: next((e for e in mesh.events_after(since) if e["kind"] == "freeze"), None), 20, "a freeze event"
     )
     time.sleep(1)
@@ -252,7 +239,7 @@ def test_4_fail_static_when_the_controller_is_cut_off(mesh: LabUnderTest) -> Non
     assert any("frozen" in x for x in status["alerts"]), status["alerts"]
     assert sh("ping", "-c", "3", "-i", "0.2", "-W", "2", overlay[b.name], ns=a.ns, check=False).returncode == 0
     healed = mesh.json("lab", "heal")["applied_at"]
-    unfreeze = wait(
+    unfreeze = wait_until(
         lambda: next((e for e in mesh.events_after(int(freeze["id"])) if e["kind"] == "unfreeze"), None),
         30,
         "unfreeze",
@@ -261,9 +248,9 @@ def test_4_fail_static_when_the_controller_is_cut_off(mesh: LabUnderTest) -> Non
     drains = [e for e in mesh.events_after(since) if e["kind"] in ("drain", "degraded")]
     assert drains == [], drains
     timing(
-        f"fail static: controller cut off from all 12 agents -> froze after {event_ts(freeze) - cut:.1f} s, "
+        f"fail static: controller cut off from all 12 agents -> froze after {event_time(freeze) - cut:.1f} s, "
         f"drained nothing for {healed - cut:.0f} s, kept all {len(after['routes'])} routes; "
-        f"reconnected -> unfrozen after {event_ts(unfreeze) - healed:.1f} s"
+        f"reconnected -> unfrozen after {event_time(unfreeze) - healed:.1f} s"
     )
 
 
@@ -309,7 +296,7 @@ def test_5_controller_sigkill(mesh: LabUnderTest) -> None:
         last = {n["id"]: n["last_seq"] for n in mesh.get("/v1/nodes")}
         return all(last[ids[name]] is not None and last[ids[name]] >= seq - 1 for name, seq in made.items())
 
-    wait(caught_up, 30, "every window made while the controller was down delivered")
+    wait_until(caught_up, 30, "every window made while the controller was down delivered")
     replayed = time.time()
     time.sleep(1)
     ping.send_signal(signal.SIGINT)
@@ -364,7 +351,7 @@ def test_6_flapping_causes_at_most_one_drain(mesh: LabUnderTest) -> None:
         f"{len(drains)} drain, 0 undrains, {len(changes)} route-table changes"
     )
     if drains:
-        wait(
+        wait_until(
             lambda: next((e for e in mesh.events_after(since) if e["kind"] == "undrain"), None),
             HOLD_S + 30,
             f"{flapper} back once stable",
@@ -412,7 +399,7 @@ def test_killed_up_is_cleaned_by_down(tmp_path: Path) -> None:
     t = LabUnderTest(tmp_path, prefix=f"mk{os.getpid() % 10000}", net="10.218")
     proc = subprocess.Popen([sys.executable, "-m", "meshctl", "lab", "up"], env=t.env, stderr=subprocess.PIPE)
     try:
-        wait(lambda: (Path(t.dir) / "pids" / "controller.pid").exists(), 60, "the controller started")
+        wait_until(lambda: (Path(t.dir) / "pids" / "controller.pid").exists(), 60, "the controller started")
         time.sleep(1.5)  # agents starting, wireguard-go interfaces appearing
         proc.kill()
         proc.wait()
