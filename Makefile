@@ -11,7 +11,7 @@ system:
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,stacks]'
+	$(BIN)/pip install -q -e '.[server,dev,stacks]'
 	@if [ -f stacks/package.json ]; then npm ci --prefix stacks --no-audit --no-fund --loglevel=error; fi
 	touch $@
 
@@ -46,12 +46,22 @@ lint: setup
 	$(BIN)/ruff format --check meshctl probes tests bench
 	$(BIN)/mypy
 	$(BIN)/mypy stacks/meshstack stacks/policy/rules.py
+	$(BIN)/lint-imports
 
 bench: setup
 	bash scripts/setup-system.sh --bench
 	$(BIN)/python -m bench.bench_routes
 	$(BIN)/python -m bench.bench_queries
 	$(BIN)/python -m bench.bench_ingest
+
+# the agent's release artifacts (stacks/README.md): the wheel of this repository, the wheelhouse of
+# its `agent` extra's dependencies for Ubuntu 24.04 (CPython 3.12, x86_64 and aarch64) with
+# requirements-agent.txt (--hash lines), and dist/SHA256SUMS
+.PHONY: agent-wheel
+agent-wheel: $(BIN)/.installed
+	rm -f dist/meshctl-*.whl dist/meshctl-agent-wheelhouse-*.tar.gz
+	$(BIN)/pip wheel -q --no-deps . -w dist/
+	$(BIN)/python stacks/tools/agent_wheelhouse.py --wheel dist/meshctl-*.whl --out dist --python 3.12 --arch x86_64 --arch aarch64
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -33,6 +33,8 @@ def serve(
         if v is not None
     }
     settings = Settings(**given)  # type: ignore[arg-type]
+    if settings.replica_id_explicit:
+        _check_replica_id(settings)
     # The store runs in worker threads; with the default 5 ms GIL switch interval every
     # hand-back from the database driver waits on the event loop's thread (a convoy).
     sys.setswitchinterval(0.0005)
@@ -52,6 +54,27 @@ def serve(
     )
 
 
+def _check_replica_id(settings: Settings) -> None:
+    """An explicit replica id held by another live replica: one line on stderr, exit status 2.
+
+    (If the database cannot be reached here, the controller's own start-up says so.)
+    """
+    from meshctl.service.leadership import ReplicaIdInUse, check_replica_id
+    from meshctl.store.db import Store
+
+    store = Store(settings.database_url)
+    try:
+        store.open()
+        check_replica_id(store, settings)
+    except ReplicaIdInUse as exc:
+        print(f"meshctl serve: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except Exception as exc:  # the database: reported by the start-up proper
+        logging.getLogger("meshctl.server").debug("replica id not checked: %s", exc)
+    finally:
+        store.close()
+
+
 def _redact(url: str) -> str:
     """Hide a password in a database URL."""
     if "@" not in url or "://" not in url:
@@ -60,21 +83,3 @@ def _redact(url: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m meshctl.server`: the same as `meshctl serve`, without the CLI's dependencies."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m meshctl.server", description=serve.__doc__)
-    ap.add_argument("--host")
-    ap.add_argument("--port", type=int)
-    ap.add_argument("--database-url")
-    ap.add_argument("--replica-id")
-    ap.add_argument("--log-level", default="info")
-    args = ap.parse_args(argv)
-    serve(args.host, args.port, args.database_url, args.replica_id, args.log_level)
-
-
-if __name__ == "__main__":
-    main()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
+from dataclasses import fields
 from pathlib import Path
 
 from platformdirs import user_data_dir
@@ -11,6 +13,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meshctl.core.health import HealthPolicy
 from meshctl.core.routing import RoutingWeights
+
+_W, _H = RoutingWeights(), HealthPolicy()  # the defaults of every routing and health knob
+
+
+def default_replica_id() -> str:
+    """The host name plus a suffix made at start: replicas started alike (on one host, in pods
+    with one host name, from copied configuration) never share an id by accident."""
+    return f"{socket.gethostname()[:48]}-{secrets.token_hex(3)}"
 
 
 def default_database_url() -> str:
@@ -28,68 +38,69 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
-    replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}")
+    # default: host name + random suffix; an explicit id is refused while a live replica holds it
+    replica_id: str = Field(default_factory=default_replica_id, min_length=1, max_length=64)
 
     # control loop and leadership
     recompute_interval_s: float = Field(default=1.0, gt=0, le=60)
     lease_s: float = Field(default=10.0, gt=0.5, le=300)
     follower_poll_s: float = Field(default=0.5, gt=0, le=30)
 
-    # routing weights (reported by the API so a route can be explained)
-    loss_weight: float = 5.0
-    jitter_weight: float = 1.0
-    relay_penalty_ms: float = 1.0
-    hysteresis_ratio: float = 0.05
-    max_relays: int = Field(default=2, ge=0, le=2)
-    stale_after_s: float = 20.0
+    # routing weights (reported by the API so a route can be explained); the defaults are
+    # RoutingWeights' own: one definition, in the core
+    loss_weight: float = _W.loss_weight
+    jitter_weight: float = _W.jitter_weight
+    relay_penalty_ms: float = _W.relay_penalty_ms
+    hysteresis_ratio: float = _W.hysteresis_ratio
+    max_relays: int = Field(default=_W.max_relays, ge=0, le=2)
+    stale_after_s: float = _W.stale_after_s
     # weight of a new window's loss against the node pair's running figure (1.0: no smoothing);
     # a window of a few probes measures loss coarsely, and routes should not follow its noise
     loss_smoothing: float = Field(default=0.5, gt=0, le=1)
 
-    # health and drain
-    bad_loss_percent: float = 20.0
-    bad_rtt_ratio: float = 1.5
-    bad_rtt_extra_ms: float = 25.0
-    degrade_after: int = 3
-    recover_after: int = 5
-    hold_s: float = 30.0
-    max_auto_drain_fraction: float = 0.34
-    freeze_fraction: float = 0.5
-    report_timeout_s: float = 15.0
-    flap_window_s: float = 900.0
-    max_hold_s: float = 600.0
+    # health and drain (defaults: HealthPolicy's)
+    bad_loss_percent: float = _H.bad_loss_percent
+    bad_rtt_ratio: float = _H.bad_rtt_ratio
+    bad_rtt_extra_ms: float = _H.bad_rtt_extra_ms
+    degrade_after: int = _H.degrade_after
+    recover_after: int = _H.recover_after
+    hold_s: float = _H.hold_s
+    max_auto_drain_fraction: float = _H.max_auto_drain_fraction
+    freeze_fraction: float = _H.freeze_fraction
+    report_timeout_s: float = _H.report_timeout_s
+    flap_window_s: float = _H.flap_window_s
+    max_hold_s: float = _H.max_hold_s
 
     # overlay
     overlay_cidr: str = "100.96.0.0/12"
     region_prefix: int = 22
+
+    # attested join (meshctl.attest): trust roots read once at start (layout: meshctl.attest.trust);
+    # the controller's URL as nodes reach it (the GCP identity token's audience, no trailing /);
+    # AWS signs only the instance's launch time: with this set, an instance launched longer ago
+    # cannot join by attestation (None: any age; one join per instance id holds either way)
+    attest_trust_dir: Path | None = None
+    public_url: str | None = None
+    attest_aws_max_age_s: float | None = Field(default=None, gt=0)
 
     # input limits
     max_body_bytes: int = 1_048_576
     report_max_future_s: float = 60.0
     report_max_age_s: float = 3600.0
     node_down_after_s: float = 20.0
+    # a node whose clock is off by more than this has its windows re-timed into the controller's
+    # time (and a clock_skew event), rather than refused as "in the future" or judged stale
+    clock_tolerance_s: float = Field(default=10.0, gt=0)
+    # further off than this, a clock is broken rather than skewed: windows are judged as sent
+    clock_max_offset_s: float = Field(default=900.0, gt=0)
+
+    @property
+    def replica_id_explicit(self) -> bool:
+        """The replica id was given (flag or MESH_REPLICA_ID), not made up at start."""
+        return "replica_id" in self.model_fields_set
 
     def routing_weights(self) -> RoutingWeights:
-        return RoutingWeights(
-            loss_weight=self.loss_weight,
-            jitter_weight=self.jitter_weight,
-            relay_penalty_ms=self.relay_penalty_ms,
-            hysteresis_ratio=self.hysteresis_ratio,
-            max_relays=self.max_relays,
-            stale_after_s=self.stale_after_s,
-        )
+        return RoutingWeights(**{f.name: getattr(self, f.name) for f in fields(RoutingWeights)})
 
     def health_policy(self) -> HealthPolicy:
-        return HealthPolicy(
-            bad_loss_percent=self.bad_loss_percent,
-            bad_rtt_ratio=self.bad_rtt_ratio,
-            bad_rtt_extra_ms=self.bad_rtt_extra_ms,
-            degrade_after=self.degrade_after,
-            recover_after=self.recover_after,
-            hold_s=self.hold_s,
-            max_auto_drain_fraction=self.max_auto_drain_fraction,
-            freeze_fraction=self.freeze_fraction,
-            report_timeout_s=self.report_timeout_s,
-            flap_window_s=self.flap_window_s,
-            max_hold_s=self.max_hold_s,
-        )
+        return HealthPolicy(**{f.name: getattr(self, f.name) for f in fields(HealthPolicy)})

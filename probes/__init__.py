@@ -1,1 +1,1 @@
-"""The node agent: STAMP probes, windowed statistics (and, to come, join, tunnel and reports)."""
+"""The node agent: join, WireGuard tunnel, STAMP probes, windowed statistics, reports (`probes.cli`)."""

@@ -1,8 +1,14 @@
 """The node agent: join, keep the WireGuard tunnel, probe peers with STAMP, report each window.
 
 Everything it needs to keep the tunnel up is on disk (key, credential, last peer set), so a
-restart while the controller is away brings the overlay back. Reporting never blocks probing:
-windows go to an on-disk spool and a separate task delivers them in order.
+restart while the controller is away brings the overlay back. Every file it writes goes through
+`meshctl.files.atomic_write` (whole or unchanged after a kill, fsync'd). Reporting never blocks
+probing: windows go to an on-disk spool and a separate task delivers them in order.
+
+How the reporter answers each status, and the "node removed" contract with the controller, are
+in `probes.reporter`; key rotation is two-phase (a pending key until the controller has it).
+About 520 lines because it is where the parts (join.py, wg.py, stamp.py, stats.py, reporter.py)
+meet: the tasks that run them and the state they share; each part lives in its own module.
 """
 
 from __future__ import annotations
@@ -19,26 +25,28 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from meshctl.files import atomic_write, remove_temps
+from probes import join as joining
 from probes import keys, wg
-from probes.config import AgentConfig
+from probes.config import PID_FILE, AgentConfig
+from probes.peer_metrics import PeerGauges
+from probes.problem import describe, is_node_removed
+from probes.reporter import AUTH_TROUBLE, REPORT_TIMEOUT, NodeRemoved, Reporter
 from probes.spool import Spool
 from probes.stamp import MalformedPacket, SenderPacket, parse_reflector, reflect, to_ntp
-from probes.stats import PeerWindow
+from probes.stats import Jitter, PeerWindow
 
 log = logging.getLogger("meshctl.agent")
 CREDENTIAL_FILE = "credential.json"
 PEERLIST_FILE = "peerlist.json"
 SEQ_FILE = "seq"
-PID_FILE = "agent.pid"
-# a report is small and acknowledged after one group commit: a slow answer means a cut path
-REPORT_TIMEOUT = httpx.Timeout(3.0, connect=2.0)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS has the same value
 MAX_DATAGRAM = 2048
 HANDSHAKE_GRACE_S = 2.0  # longer than any one handshake round trip between regions
@@ -59,14 +67,8 @@ class Agent:
         self.m_dropped_in = Counter(
             "mesh_agent_reflector_dropped", "Packets the reflector dropped", registry=self.registry
         )
-        self.m_reports = Counter(
-            "mesh_agent_reports_delivered", "Windows the controller accepted", registry=self.registry
-        )
-        self.m_report_drops = Counter(
-            "mesh_agent_reports_dropped", "Windows dropped", ["reason"], registry=self.registry
-        )
-        self.m_spooled = Gauge("mesh_agent_reports_spooled", "Windows waiting in the spool", registry=self.registry)
         self.m_peers = Gauge("mesh_agent_peers", "WireGuard peers", registry=self.registry)
+        self.peer_gauges = PeerGauges(self.registry)
         self.peerlist: dict[str, Any] = {}
         self.windows: dict[str, PeerWindow] = {}
         self.targets: list[dict[str, Any]] = []
@@ -78,8 +80,26 @@ class Agent:
         self.outstanding: dict[int, tuple[str, PeerWindow]] = {}  # probe seq -> (peer node id, its window)
         self.answered: set[str] = set()  # peers (node ids) that have answered a probe at least once
         self.by_node: dict[str, dict[str, Any]] = {}
+        self.jitter: dict[str, Jitter] = {}  # peer node id -> its RFC 3550 jitter, carried across windows
         self.http: httpx.AsyncClient | None = None
-        self._wake_reporter = asyncio.Event()
+        self.metadata_transport: httpx.BaseTransport | None = None  # the cloud metadata service (tests replace it)
+        self._seq: int | None = None  # the next window's seq, once loaded
+        self.retry_base_s = 0.5  # the key rotation's first back-off
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # back-off waits (tests replace it)
+        self.reporting = Reporter(
+            self.spool,
+            self.registry,
+            lambda: self.http,
+            lambda: self.credential,
+            lambda seconds: self._sleep(seconds),
+            cfg.window_s,
+            self.state / CREDENTIAL_FILE,
+        )
+        self._rotating = False
+        self._tunnel_is_up = False
+        self._fatal: BaseException | None = None
+        self._main: asyncio.Future[Any] | None = None
+        remove_temps(self.state)  # left by a kill before a rename; only this agent writes here
 
     # --- identity -------------------------------------------------------------------------
 
@@ -89,43 +109,72 @@ class Agent:
         return data
 
     def _save_json(self, name: str, data: Any, mode: int = 0o600) -> None:
-        tmp = self.state / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, self.state / name)
+        atomic_write(self.state / name, json.dumps(data), mode=mode)
 
     async def join(self, public_key: str) -> dict[str, Any]:
-        if not self.cfg.join_token:
-            raise RuntimeError("not joined yet and no join token: give --join-token or MESH_JOIN_TOKEN")
+        """First start: join by a join token or by the cloud identity (`probes.join`); keep the credential."""
         assert self.http is not None
+        plan = await asyncio.to_thread(joining.choose, self.cfg, self.metadata_transport)
         endpoint = self.cfg.endpoint
         if endpoint == "auto":
             from probes.metadata import public_endpoint
 
-            endpoint = await asyncio.to_thread(public_endpoint, self.cfg.region, self.cfg.listen_port)
+            endpoint = await asyncio.to_thread(
+                public_endpoint, self.cfg.region, self.cfg.listen_port, self.metadata_transport
+            )
         name = re.sub(r"[^A-Za-z0-9_.-]", "-", f"{socket.gethostname()}-{self.cfg.interface}").strip("-_.")[:63]
-        body = {
-            "join_token": self.cfg.join_token,
-            "region": self.cfg.region,
-            "name": name or "node",
-            "public_key": public_key,
-            "endpoint": endpoint,
-        }
-        r = await self.http.post("/v1/nodes", json=body)
-        if r.status_code != 201:
-            raise RuntimeError(f"join refused ({r.status_code}): {r.text[:300]}")
-        joined = r.json()
+        body = {"region": self.cfg.region, "name": name or "node", "public_key": public_key, "endpoint": endpoint}
+        joined = await joining.submit(
+            self.http, plan, body, self.cfg.controller, self.metadata_transport, lambda s: self._sleep(s)
+        )
         cred = {k: joined[k] for k in ("node_id", "node_token", "overlay_ip", "overlay_cidr", "region")}
+        if not (self.state / SEQ_FILE).exists():
+            atomic_write(self.state / SEQ_FILE, "0")  # a new node counts from 0; a missing counter later is damage
         self._save_json(CREDENTIAL_FILE, cred)
         self._save_json(PEERLIST_FILE, joined["peers"])
         return cred
 
     def next_seq(self) -> int:
-        path = self.state / SEQ_FILE
-        seq = int(path.read_text()) if path.exists() else 0
-        path.write_text(str(seq + 1))
+        """The next window's seq; the counter on disk (`seq`, the next seq to use) is written durably
+        before the window is spooled, so seqs never go back (the controller answers 409 to a seq it
+        already has, and the agent takes that as already delivered)."""
+        if self._seq is None:
+            self._seq = self.load_seq()
+        seq = self._seq
+        atomic_write(self.state / SEQ_FILE, str(seq + 1))
+        self._seq = seq + 1
         return seq
+
+    def load_seq(self) -> int:
+        """The counter on disk; when it is missing or unreadable, the agent starts anyway from `recover_seq`.
+
+        (The counter is written atomically now, but an older agent could leave it truncated, and a
+        disk can garble it; stopping the agent for it would silence the node's region.)
+        """
+        path = self.state / SEQ_FILE
+        spooled = self.spool.highest_seq()
+        try:
+            seq = int(path.read_text().strip())
+            if seq < 0:
+                raise ValueError(f"negative seq {seq}")
+        except (OSError, ValueError) as exc:
+            seq = self.recover_seq()
+            log.warning("window counter %s unreadable (%s); continuing from seq %d (time-based)", path, exc, seq)
+            return seq
+        return max(seq, spooled + 1) if spooled is not None else seq
+
+    def recover_seq(self) -> int:
+        """A seq above every seq this node can have used: the larger of the highest seq in the spool
+        + 1 and the time in milliseconds since the epoch.
+
+        The spool alone is not enough (it is empty once everything was delivered, and reusing a
+        delivered seq would be answered 409 and the new window lost); the time-based seq is above any
+        counter (one per window from 0 would need decades of windows shorter than a millisecond to
+        reach it) and above an earlier time-based recovery as long as windows last more than a
+        millisecond and the clock did not go back. Seqs stay below the wire's 2**62.
+        """
+        spooled = self.spool.highest_seq()
+        return max(int(time.time() * 1000), spooled + 1 if spooled is not None else 0)
 
     # --- tunnel ---------------------------------------------------------------------------
 
@@ -138,18 +187,20 @@ class Agent:
             self.cfg.listen_port,
             f"{cred['overlay_ip']}/{prefix}",
         )
+        self._tunnel_is_up = True
         if (self.state / PEERLIST_FILE).exists():
             self.apply_peerlist(json.loads((self.state / PEERLIST_FILE).read_text()))
 
     def apply_peerlist(self, peerlist: dict[str, Any]) -> None:
         desired = [wg.WgPeer(p["public_key"], p["endpoint"], tuple(p["allowed_ips"])) for p in peerlist["peers"]]
-        changed, removed = wg.apply_peers(self.cfg.interface, desired, self.state, self.public_key)
+        changed, removed = wg.apply_peers(self.cfg.interface, desired, self.public_key)
         now = time.monotonic()
         self.first_seen = {p["public_key"]: self.first_seen.get(p["public_key"], now) for p in peerlist["peers"]}
         self.peerlist = peerlist
         self._save_json(PEERLIST_FILE, peerlist)
         self.by_overlay = {p["overlay_ip"]: p for p in peerlist["peers"]}
         self.by_node = {p["node_id"]: p for p in peerlist["peers"]}
+        self.jitter = {node_id: j for node_id, j in self.jitter.items() if node_id in self.by_node}
         self.m_peers.set(len(desired))
         if changed or removed:
             log.info(
@@ -170,11 +221,13 @@ class Agent:
                 r = await self.http.get(
                     f"/v1/nodes/{cred['node_id']}/peers", headers=headers, params={"wait": 25}, timeout=35
                 )
+                if is_node_removed(r):
+                    raise NodeRemoved(self.reporting.removed_line(r))
                 if r.status_code == 200:
                     etag = r.headers.get("etag")
                     self.apply_peerlist(r.json())
                 elif r.status_code != 304:
-                    log.warning("peers: %s %s", r.status_code, r.text[:200])
+                    log.warning("peers: %s %s", r.status_code, describe(r))
                     await asyncio.sleep(backoff)
                 backoff = 1.0
             except (httpx.HTTPError, wg.WireGuardError) as exc:
@@ -196,7 +249,11 @@ class Agent:
             start = (window_no * n) % len(peers)
             chosen += (peers[start:] + peers[:start])[:n]
         self.targets = chosen
-        self.windows = {p["node_id"]: PeerWindow() for p in chosen}
+        self.windows = {p["node_id"]: self.new_window(p["node_id"]) for p in chosen}
+
+    def new_window(self, node_id: str) -> PeerWindow:
+        """A window to one peer that carries on the peer's running jitter from its earlier windows."""
+        return PeerWindow(jitter=self.jitter.setdefault(node_id, Jitter()))
 
     async def probe_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -278,9 +335,10 @@ class Agent:
             "window_s": self.cfg.window_s,
             "peers": [w.summary(node_id) for node_id, w in windows.items() if w.sent and self.established(node_id)],
         }
+        self.peer_gauges.window(report["peers"], self.by_node)
+        dropped_before = self.spool.dropped
         self.spool.put(seq, report)
-        self.m_spooled.set(len(self.spool))
-        self._wake_reporter.set()
+        self.reporting.spooled(self.spool.dropped - dropped_before)
 
     async def reflector(self) -> None:
         loop = asyncio.get_running_loop()
@@ -303,88 +361,129 @@ class Agent:
     # --- reports --------------------------------------------------------------------------
 
     async def reporter(self) -> None:
-        """Deliver spooled windows in order; back off with jitter while the controller is away."""
-        assert self.http is not None
-        backoff = 0.5
-        while True:
-            self._wake_reporter.clear()
-            delivered_all = True
-            for seq, report in self.spool:
-                token = self.credential["node_token"]
-                try:
-                    r = await self.http.post(
-                        "/v1/reports",
-                        json=report,
-                        headers={"Authorization": f"Bearer {token}"},
-                        timeout=REPORT_TIMEOUT,
-                    )
-                except httpx.HTTPError:
-                    delivered_all = False
-                    break
-                if r.status_code in (202, 409):
-                    self.spool.done(seq)
-                    if r.status_code == 202:
-                        self.m_reports.inc()
-                    else:
-                        self.m_report_drops.labels("duplicate").inc()
-                elif r.status_code in (408, 429) or r.status_code >= 500:
-                    delivered_all = False
-                    break
-                else:
-                    log.warning("report %d refused (%d): %s; dropped", seq, r.status_code, r.text[:200])
-                    self.spool.done(seq)
-                    self.m_report_drops.labels("refused").inc()
-            self.m_spooled.set(len(self.spool))
-            if delivered_all:
-                backoff = 0.5
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake_reporter.wait(), self.cfg.window_s)
-            else:
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, max(1.0, self.cfg.window_s))  # back within a window or so of an outage
+        """Deliver spooled windows in order (see `probes.reporter`); `NodeRemoved` ends it and the agent."""
+        await self.reporting.run()
 
     # --- key rotation ---------------------------------------------------------------------
 
     async def rotate_key(self) -> None:
-        """New key pair: register the public key first, then switch the interface to it."""
+        """New key pair, used only once the controller has it.
+
+        The new private key stays *pending* (its own file, `keys.PENDING_KEY_FILE`) until the
+        controller acknowledged the public half (200); then it becomes the active key (one atomic,
+        durable rename) and the interface switches to it. A refusal (400, 409, 422...) discards it
+        and keeps the old key; no answer, 408, 429, 5xx or a credential problem (401, 403, 404, 410
+        other than node-removed: maybe a replica that does not know it yet) keep it pending and retry
+        with back-off, logged once. A pending key found at start is registered again first
+        (`resume_rotation`): the controller may have taken it while its answer was lost, and setting
+        the same key twice is harmless.
+        """
+        if self._rotating:
+            log.info("rotate-key: a rotation is already under way")
+            return
+        self._rotating = True
+        try:
+            pending = keys.load_pending(self.state) or keys.new_pending(self.state)
+            backoff, logged = self.retry_base_s, False
+            while True:
+                result, line = await self.register_pending(pending[1])
+                if result is not None or not logged:
+                    (log.error if result is False else log.info)(line)
+                    logged = True
+                if result is not None:
+                    return
+                await self._sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 60.0)
+        finally:
+            self._rotating = False
+
+    async def resume_rotation(self) -> bool:
+        """At start: a pending key left by an interrupted rotation is registered again or discarded.
+
+        Returns True when it is still pending (not answered): `run` then keeps trying in the
+        background while the tunnel comes up with the active (old) key.
+        """
+        pending = keys.load_pending(self.state)
+        if pending is None:
+            return False
+        result, line = await self.register_pending(pending[1])
+        (log.error if result is False else log.info)(f"{line} (a key pending from an interrupted rotation)")
+        return result is None
+
+    async def register_pending(self, public: str) -> tuple[bool | None, str]:
+        """PUT the pending key's public half: (True promoted | False refused, discarded | None not answered, a line)."""
         assert self.http is not None
         cred = self.credential
-        old = (self.state / keys.PRIVATE_KEY_FILE).read_text()
-        _private, public = keys.rotate(self.state)
-        previous_public, self.public_key = self.public_key, public
-        r = await self.http.put(
-            f"/v1/nodes/{cred['node_id']}/key",
-            json={"public_key": public},
-            headers={"Authorization": f"Bearer {cred['node_token']}"},
-        )
-        if r.status_code != 200:
-            keys.write_private(self.state / keys.PRIVATE_KEY_FILE, old.strip())
-            self.public_key = previous_public
-            log.error("rotate-key refused (%d): %s; kept the old key", r.status_code, r.text[:200])
-            return
-        wg.bring_up(
-            self.cfg.interface,
-            self.state / keys.PRIVATE_KEY_FILE,
-            self.cfg.listen_port,
-            f"{cred['overlay_ip']}/{ipaddress.ip_network(cred['overlay_cidr']).prefixlen}",
-        )
-        log.info("rotated the WireGuard key")
+        try:
+            r = await self.http.put(
+                f"/v1/nodes/{cred['node_id']}/key",
+                json={"public_key": public},
+                headers={"Authorization": f"Bearer {cred['node_token']}"},
+                timeout=REPORT_TIMEOUT,
+            )
+        except httpx.HTTPError as exc:
+            return None, f"rotate-key: controller unreachable ({type(exc).__name__}); the new key stays pending"
+        if is_node_removed(r):
+            raise NodeRemoved(self.reporting.removed_line(r))
+        status = r.status_code
+        if status in (408, 429, *AUTH_TROUBLE) or status >= 500:
+            return None, f"rotate-key: not taken ({status}): {describe(r)}; the new key stays pending, retrying"
+        if status != 200:
+            keys.discard_pending(self.state)
+            return False, f"rotate-key refused ({status}): {describe(r)}; kept the old key"
+        keys.promote_pending(self.state)
+        self.public_key = public
+        if self._tunnel_is_up:
+            wg.bring_up(
+                self.cfg.interface,
+                self.state / keys.PRIVATE_KEY_FILE,
+                self.cfg.listen_port,
+                f"{cred['overlay_ip']}/{ipaddress.ip_network(cred['overlay_cidr']).prefixlen}",
+            )
+        return True, "rotated the WireGuard key"
+
+    def _background(self, coro: Any) -> None:
+        """Run a side task; `NodeRemoved` from it stops the agent like one from the main tasks."""
+        task = asyncio.ensure_future(coro)
+
+        def done(t: asyncio.Future[Any]) -> None:
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if isinstance(exc, NodeRemoved):
+                self._fatal = exc
+                if self._main is not None:
+                    self._main.cancel()
+            elif exc is not None:
+                log.error("rotate-key failed: %s", exc)
+
+        task.add_done_callback(done)
 
     # --- main -----------------------------------------------------------------------------
 
     async def run(self) -> None:
         _private, public = keys.load_or_create(self.state)
         self.public_key = public
-        (self.state / PID_FILE).write_text(str(os.getpid()))
-        start_http_server(self.cfg.metrics_port, addr=self.cfg.metrics_host, registry=self.registry)
+        atomic_write(self.state / PID_FILE, str(os.getpid()), mode=0o644)
+        start_http_server(self.cfg.metrics_bind_port, addr=self.cfg.metrics_host, registry=self.registry)
         async with httpx.AsyncClient(base_url=self.cfg.controller, timeout=10) as http:
             self.http = http
             if not (self.state / CREDENTIAL_FILE).exists():
                 await self.join(public)
+            still_pending = await self.resume_rotation()
             self.tunnel_up()
+            if still_pending:
+                self._background(self.rotate_key())
             loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(self.rotate_key()))
-            await asyncio.gather(self.follow_peers(), self.reflector(), self.probe_loop(), self.reporter())
+            loop.add_signal_handler(signal.SIGUSR1, lambda: self._background(self.rotate_key()))
+            self._main = asyncio.gather(self.follow_peers(), self.reflector(), self.probe_loop(), self.reporter())
+            try:
+                await self._main
+            except asyncio.CancelledError:
+                if self._fatal is None:
+                    raise
+            if self._fatal is not None:
+                raise self._fatal
 
 
 def timestamped_socket(addr: tuple[str, int]) -> socket.socket:
@@ -417,13 +516,3 @@ def receive_all(sock: socket.socket, handle: Callable[[bytes, tuple[str, int], f
 def run(cfg: AgentConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(Agent(cfg).run())
-
-
-def main() -> None:
-    """`meshctl-agent`: the same as `meshctl agent run`."""
-    import sys
-
-    from meshctl.cli.main import main as cli_main
-
-    sys.argv = [sys.argv[0], "agent", "run", *sys.argv[1:]]
-    cli_main()

@@ -1,4 +1,9 @@
-"""Agent configuration: flags, then MESH_* environment, then a YAML file (`--config`)."""
+"""Agent configuration: flags, then MESH_* environment, then a YAML file (`--config`).
+
+The join token and the join token file are one setting given two ways: the source that wins
+(flag over environment over file) gives it; the two in the same source is an error. The file is
+read only when the node joins (`probes.join`), so it may be removed once the node has joined.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+PID_FILE = "agent.pid"  # in the state directory: the running agent's pid, for `rotate-key`
 
 
 class AgentConfigError(ValueError):
@@ -25,13 +32,32 @@ class AgentConfig:
     listen_port: int = 51820
     stamp_port: int = 862
     metrics_port: int = 9464
+    metrics_listen: str | None = None  # HOST:PORT for /metrics; wins over metrics_port (on 127.0.0.1)
     window_s: float = 5.0
     probe_rate: float = 5.0
     targets_per_region: int = 2
+    join: str = "auto"  # auto | attested | token (probes.join)
+    join_token_file: Path | None = None  # the token in a file of mode 0600 (read at join time)
 
     @property
     def metrics_host(self) -> str:
-        return "127.0.0.1"
+        return metrics_address(self.metrics_listen, self.metrics_port)[0]
+
+    @property
+    def metrics_bind_port(self) -> int:
+        """The port /metrics listens on: from metrics_listen if given, else metrics_port."""
+        return metrics_address(self.metrics_listen, self.metrics_port)[1]
+
+
+def metrics_address(listen: str | None, port: int) -> tuple[str, int]:
+    """(host, port) of /metrics: `listen` as HOST:PORT ([v6]:PORT too), else 127.0.0.1 and `port`."""
+    if not listen:
+        return "127.0.0.1", port
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise AgentConfigError(f"metrics_listen: {listen!r} is not HOST:PORT (e.g. 0.0.0.0:9464)")
+    host = host.removeprefix("[").removesuffix("]")
+    return host or "0.0.0.0", int(port_text)
 
 
 ENV = {
@@ -44,10 +70,15 @@ ENV = {
     "listen_port": "MESH_LISTEN_PORT",
     "stamp_port": "MESH_STAMP_PORT",
     "metrics_port": "MESH_METRICS_PORT",
+    "metrics_listen": "MESH_METRICS_LISTEN",
     "window_s": "MESH_WINDOW_S",
     "probe_rate": "MESH_PROBE_RATE",
     "targets_per_region": "MESH_TARGETS_PER_REGION",
+    "join": "MESH_JOIN",
+    "join_token_file": "MESH_JOIN_TOKEN_FILE",
 }
+JOIN_MODES = ("auto", "attested", "token")
+SOURCES = ("flag", "environment", "file")  # in order of precedence
 REQUIRED = ("controller", "region", "endpoint", "interface", "state_dir")
 
 
@@ -76,6 +107,11 @@ def load(flags: dict[str, Any], config_file: Path | None = None, env: dict[str, 
             if value is not None and value != "":
                 merged[f.name] = (value, source)
                 break
+    if "join_token" in merged and "join_token_file" in merged:
+        (_, a), (_, b) = merged["join_token"], merged["join_token_file"]
+        if a == b:
+            raise AgentConfigError(f"join_token and join_token_file both given (from {a}): give one")
+        del merged["join_token" if SOURCES.index(a) > SOURCES.index(b) else "join_token_file"]
     for name in REQUIRED:
         if name not in merged:
             raise AgentConfigError(
@@ -92,7 +128,7 @@ def load(flags: dict[str, Any], config_file: Path | None = None, env: dict[str, 
                 value = int(value)
             elif f.name in ("window_s", "probe_rate"):
                 value = float(value)
-            elif f.name == "state_dir":
+            elif f.name in ("state_dir", "join_token_file"):
                 value = Path(value)
             else:
                 value = str(value)
@@ -102,6 +138,9 @@ def load(flags: dict[str, Any], config_file: Path | None = None, env: dict[str, 
     cfg = AgentConfig(**out)
     if not 0 < cfg.window_s <= 300 or not 0 < cfg.probe_rate <= 100 or cfg.targets_per_region < 1:
         raise AgentConfigError("window_s must be in (0, 300], probe_rate in (0, 100], targets_per_region >= 1")
+    if cfg.join not in JOIN_MODES:
+        raise AgentConfigError(f"join: {cfg.join!r} is not one of {', '.join(JOIN_MODES)}")
+    metrics_address(cfg.metrics_listen, cfg.metrics_port)  # a malformed HOST:PORT is refused here
     if len(cfg.interface) > 15:
         raise AgentConfigError(f"interface: {cfg.interface!r} is longer than Linux's 15 characters")
     return cfg

@@ -1,15 +1,24 @@
-"""The node's WireGuard key pair: made on the node, the private half never leaves it."""
+"""The node's WireGuard key pair: made on the node, the private half never leaves it.
+
+Rotation is two-phase so that a new key the controller never heard of never becomes the active
+one: `new_pending` writes the new private key beside the active one (`wg-private.key.pending`);
+only after the controller acknowledged its public half does `promote_pending` rename it over the
+active key (atomic and durable). `discard_pending` drops it when the controller refused it. Both
+files are written with `meshctl.files.atomic_write`, mode 0600 from creation.
+"""
 
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from meshctl.files import atomic_write, fsync_dir, replace
+
 PRIVATE_KEY_FILE = "wg-private.key"
+PENDING_KEY_FILE = "wg-private.key.pending"
 
 
 def _raw_b64(key: X25519PrivateKey) -> tuple[str, str]:
@@ -21,30 +30,56 @@ def _raw_b64(key: X25519PrivateKey) -> tuple[str, str]:
 
 
 def write_private(path: Path, private_b64: str) -> None:
-    """Write atomically with mode 0600 from the start (never world-readable, not even briefly)."""
+    """Write atomically and durably with mode 0600 from the start (never world-readable, not even briefly)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(private_b64 + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, private_b64 + "\n", mode=0o600)
+
+
+def _load(path: Path) -> tuple[str, str]:
+    if path.stat().st_mode & 0o077:
+        raise PermissionError(f"{path} is readable by others: chmod 600 it (or remove it to make a new key)")
+    raw = base64.b64decode(path.read_text().strip(), validate=True)
+    return _raw_b64(X25519PrivateKey.from_private_bytes(raw))
 
 
 def load_or_create(state_dir: Path) -> tuple[str, str]:
-    """(private, public) in WireGuard's base64 form; made once, kept in the state directory."""
+    """(private, public) of the active key in WireGuard's base64 form; made once, kept in the state directory."""
     path = state_dir / PRIVATE_KEY_FILE
     if path.exists():
-        if path.stat().st_mode & 0o077:
-            raise PermissionError(f"{path} is readable by others: chmod 600 it (or remove it to make a new key)")
-        raw = base64.b64decode(path.read_text().strip(), validate=True)
-        return _raw_b64(X25519PrivateKey.from_private_bytes(raw))
+        return _load(path)
     private, public = _raw_b64(X25519PrivateKey.generate())
     write_private(path, private)
     return private, public
 
 
-def rotate(state_dir: Path) -> tuple[str, str]:
-    """A new key pair replaces the old one on disk; returns (private, public)."""
+def new_pending(state_dir: Path) -> tuple[str, str]:
+    """A new key pair written as the pending key (the active one is untouched); returns (private, public)."""
     private, public = _raw_b64(X25519PrivateKey.generate())
-    write_private(state_dir / PRIVATE_KEY_FILE, private)
+    write_private(state_dir / PENDING_KEY_FILE, private)
     return private, public
+
+
+def load_pending(state_dir: Path) -> tuple[str, str] | None:
+    """The pending key (private, public), or None when there is none or it is unreadable (then it is removed:
+    a key that was never completely written was never sent to the controller either)."""
+    path = state_dir / PENDING_KEY_FILE
+    if not path.exists():
+        return None
+    try:
+        return _load(path)
+    except ValueError:  # truncated or garbled (binascii.Error is a ValueError)
+        discard_pending(state_dir)
+        return None
+
+
+def promote_pending(state_dir: Path) -> None:
+    """The pending key becomes the active key (one atomic, durable rename)."""
+    replace(state_dir / PENDING_KEY_FILE, state_dir / PRIVATE_KEY_FILE)
+
+
+def discard_pending(state_dir: Path) -> None:
+    """Forget the pending key (the controller refused it); the active key stays."""
+    path = state_dir / PENDING_KEY_FILE
+    if path.exists():
+        path.unlink()
+        fsync_dir(state_dir)

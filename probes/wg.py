@@ -1,20 +1,17 @@
 """The WireGuard interface: the kernel module where there is one, wireguard-go where not.
 
 Peers are applied as a difference (`wg set ... peer ... [remove]`), so tunnels that did not
-change stay up. The last applied peer set is kept on disk so a restarted agent can bring the
-tunnel back while the controller is away.
+change stay up. (The agent keeps the last peer list on disk, so a restarted agent can bring
+the tunnel back while the controller is away.)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-
-PEERS_FILE = "peers.json"
 
 
 class WireGuardError(RuntimeError):
@@ -83,9 +80,7 @@ def initiates(own_public_key: str, peer_public_key: str) -> bool:
     return own_public_key < peer_public_key
 
 
-def apply_peers(
-    ifname: str, desired: list[WgPeer], state_dir: Path, own_public_key: str = "", keepalive: int = 25
-) -> tuple[int, int]:
+def apply_peers(ifname: str, desired: list[WgPeer], own_public_key: str = "", keepalive: int = 25) -> tuple[int, int]:
     """Add or update what differs, remove what is gone; returns (changed, removed).
 
     Only the initiating side of each pair keeps a persistent keepalive (see `initiates`).
@@ -114,18 +109,4 @@ def apply_peers(
             str(keepalive if initiates(own_public_key, key) else 0),
         )
         changed += 1
-    save_peers(state_dir, desired)
     return changed, removed
-
-
-def save_peers(state_dir: Path, peers: list[WgPeer]) -> None:
-    tmp = state_dir / (PEERS_FILE + ".tmp")
-    tmp.write_text(json.dumps([asdict(p) for p in peers]))
-    os.replace(tmp, state_dir / PEERS_FILE)
-
-
-def saved_peers(state_dir: Path) -> list[WgPeer]:
-    path = state_dir / PEERS_FILE
-    if not path.exists():
-        return []
-    return [WgPeer(p["public_key"], p["endpoint"], tuple(p["allowed_ips"])) for p in json.loads(path.read_text())]

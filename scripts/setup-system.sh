@@ -4,7 +4,9 @@
 set -euo pipefail
 want=(python3-venv python3-dev gcc make wireguard-go wireguard-tools irtt nftables iproute2
       iputils-ping tcpdump procps)
-[ "${1:-}" = "--test" ] && want+=(postgresql nodejs npm)
+[ "${1:-}" = "--test" ] && want+=(postgresql nodejs npm cloud-init haproxy)
+[ "${1:-}" = "--test" ] && want+=(chromium chromium-driver)  # the dashboard's browser tests (tests/ui)
+[ "${1:-}" = "--test" ] && want+=(prometheus)  # promtool: check the /metrics outputs and deploy/prometheus (tests/probes/test_metrics*.py)
 [ "${1:-}" = "--bench" ] && want+=(wrk)
 missing=()
 for p in "${want[@]}"; do
@@ -22,5 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # cloud-init is here only for `cloud-init schema` in the tests: it must never configure this machine
+  mkdir -p /etc/cloud && touch /etc/cloud/cloud-init.disabled
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -21,14 +21,31 @@ def main() -> None:
     settings = validate(raw, registry.known_regions(str(cloud)), join_token_set=token is not None)
     assert token is not None and settings.controller_url is not None
     provider = registry.provider(settings.cloud)
-    nodes = []
+    provider.check(settings)  # the cloud's own rules, still before any resource
+    if settings.agent_wheel_url is None:
+        pulumi.log.warn(
+            f"{CONFIG_NAMESPACE}:mesh.agentWheelUrl is not set: nodes will boot without the agent "
+            "(cloud-init fails with a message saying so)"
+        )
+    shared = provider.shared(settings)
+    pools = []
     for spec in settings.regions:
         user_data = pulumi.Output.secret(token).apply(
-            lambda t, r=spec.region: cloudinit.render(settings.controller_url or "", r, t, settings.agent_package)
+            lambda t, r=spec.region: cloudinit.render(
+                settings.controller_url or "",
+                r,
+                t,
+                settings.agent_wheel_url,
+                settings.agent_wheel_sha256,
+                wheelhouse_url=settings.agent_wheelhouse_url,
+                wheelhouse_sha256=settings.agent_wheelhouse_sha256,
+            )
         )
-        component = provider.component(f"{settings.cloud}-{spec.region.split(':', 1)[1]}", settings, spec, user_data)
-        nodes.extend(component.nodes)  # type: ignore[attr-defined]
-    pulumi.export("nodes", nodes)
+        component = provider.component(
+            f"{settings.cloud}-{spec.region.split(':', 1)[1]}", settings, spec, user_data, shared=shared
+        )
+        pools.extend(component.pools)  # type: ignore[attr-defined]
+    pulumi.export("pools", pools)
     pulumi.export("mesh", {"name": settings.name, "environment": settings.environment, "cloud": settings.cloud})
 
 

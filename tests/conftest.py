@@ -278,8 +278,14 @@ def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def controller(database_url: str, tmp_path: Path) -> Iterator[ControllerProcess]:
-    proc = ControllerProcess(database_url, tmp_path).start()
+def controller_env() -> dict[str, str]:
+    """Extra environment of the `controller` process (MESH_*): override this fixture in a test module."""
+    return {}
+
+
+@pytest.fixture
+def controller(database_url: str, tmp_path: Path, controller_env: dict[str, str]) -> Iterator[ControllerProcess]:
+    proc = ControllerProcess(database_url, tmp_path, env=controller_env).start()
     try:
         yield proc
     finally:

@@ -6,18 +6,19 @@ import gc
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from meshctl import __version__
-from meshctl.api.routers import events, nodes, regions, reports, routes, system, tokens
-from meshctl.service.controller import Controller, ServiceError
+from meshctl.api import problems
+from meshctl.api.routers import events, history, join_policies, nodes, regions, reports, routes, system, tokens, ui
+from meshctl.service.controller import Controller
 from meshctl.service.loop import ControlLoop
 from meshctl.settings import Settings
 from meshctl.store.db import Store
+from meshctl.wire import schemas as s
 
 
 def create_app(settings: Settings | None = None, announce: Callable[[str], None] | None = None) -> FastAPI:
@@ -49,34 +50,46 @@ def create_app(settings: Settings | None = None, announce: Callable[[str], None]
         title="meshctl controller",
         version=__version__,
         lifespan=lifespan,
-        description="Routes, health and drains of a multi-cloud media mesh.",
-        max_body_size=settings.max_body_bytes,
+        description=(
+            "Routes, health and drains of a multi-cloud media mesh. Every error is RFC 9457 problem details "
+            "(`application/problem+json`, type `urn:meshctl:problem:<slug>`)."
+        ),
     )
+    # the body limit is ours, not FastAPI's max_body_size: its 413 is a plain-text body
+    app.add_middleware(problems.BodyLimit, max_bytes=settings.max_body_bytes)
     # the hot paths first: plain Starlette routes, matched before the documented FastAPI ones
     app.router.routes[:0] = [routes.fast_route, reports.fast_route]
-    for module in (routes, system, regions, tokens, nodes, reports, events):
+    # ui: the dashboard and its stream
+    modules = (routes, system, regions, tokens, nodes, reports, events, ui, history, join_policies)
+    for module in modules:
         app.include_router(module.router)
+    app.state.route_methods = problems.route_methods(app.router.routes)  # for `Allow` on a 405
+    problems.install(app)
 
-    @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=exc.status, headers=headers)
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _finish_openapi(
+                get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            )
+        return app.openapi_schema
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        """422 naming each bad field; the offending input is not echoed (it may not even be JSON)."""
-        errors = [
-            {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in exc.errors()
-        ]
-        fields = ", ".join(".".join(x["loc"][1:] if x["loc"][:1] == ["body"] else x["loc"]) or "body" for x in errors)
-        return JSONResponse({"detail": errors, "message": f"invalid input: {fields}"}, status_code=422)
-
-    @app.exception_handler(OperationalError)
-    async def _store_down(_: Request, exc: OperationalError) -> JSONResponse:
-        return JSONResponse({"detail": "the database is unreachable; reads still work, writes do not"}, status_code=503)
-
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _finish_openapi(doc: dict[str, Any]) -> dict[str, Any]:
+    """Add the Problem schema and the bearer scheme; operations that answer 401 require it."""
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    problem = s.Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(problem.pop("$defs", {}))
+    schemas["Problem"] = problem
+    components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for item in doc.get("paths", {}).values():
+        for op in item.values():
+            if isinstance(op, dict) and "401" in op.get("responses", {}) and "security" not in op:
+                op["security"] = [{"bearer": []}]
+    return doc
 
 
 def _print_stderr(line: str) -> None:

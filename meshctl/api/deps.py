@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from meshctl.service.auth import Principal
-from meshctl.service.controller import Controller, Forbidden
+from meshctl.service.controller import Controller
+from meshctl.service.errors import Forbidden
 
 
 async def get_controller(request: Request) -> Controller:

@@ -1,79 +1,51 @@
-"""`meshctl agent run|rotate-key`: the node agent (see probes/)."""
+"""`meshctl agent ...`: hands every argument to the agent's own command line (`probes.cli`).
+
+The agent owns its flags, help and errors (`meshctl-agent` on a node, without Typer or Rich);
+this group only forwards, so `meshctl agent run --help` is the agent's help and both commands
+behave the same. probes is imported only when the command runs.
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-from pathlib import Path
-from typing import Annotated
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
-agent_app = typer.Typer(help="The node agent: join, WireGuard tunnel, STAMP probes, reports.", no_args_is_help=True)
+HELP = "The node agent: join, WireGuard tunnel, STAMP probes, reports."
 
 
-@agent_app.command("run")
-def run(
-    controller: Annotated[str | None, typer.Option(help="Controller URL (MESH_CONTROLLER).")] = None,
-    region: Annotated[str | None, typer.Option(help="This node's region id (MESH_REGION).")] = None,
-    join_token: Annotated[str | None, typer.Option(help="Join token, first start only (MESH_JOIN_TOKEN).")] = None,
-    endpoint: Annotated[str | None, typer.Option(help="Public ip:port of WireGuard (MESH_ENDPOINT).")] = None,
-    interface: Annotated[str | None, typer.Option(help="WireGuard interface name (MESH_INTERFACE).")] = None,
-    state_dir: Annotated[str | None, typer.Option(help="Key, credential, peers, spool (MESH_STATE_DIR).")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML file with the same settings.")] = None,
-    listen_port: Annotated[int | None, typer.Option(help="WireGuard UDP port (default 51820).")] = None,
-    stamp_port: Annotated[int | None, typer.Option(help="STAMP reflector port on the overlay (default 862).")] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics on 127.0.0.1 (default 9464).")] = None,
-    window: Annotated[float | None, typer.Option(help="Report window seconds (default 5).")] = None,
-    probe_rate: Annotated[float | None, typer.Option(help="Packets/s per target (default 5).")] = None,
-    targets_per_region: Annotated[int | None, typer.Option(help="Peers probed per other region (default 2).")] = None,
-) -> None:
-    """Run the agent on a media node.
+class _PassThrough(TyperGroup):
+    """A group with no commands of its own: everything after `agent` goes to `probes.cli.main`.
 
-    Example: meshctl agent run --controller https://ctl:8080 --region aws:us-east-1 --join-token T
-             --endpoint 198.51.100.7:51820 --interface mesh0 --state-dir /var/lib/meshctl
+    (`ctx` is Typer's vendored click Context, which Typer does not export: typed Any.)
     """
-    from probes import agent
-    from probes.config import AgentConfigError, load
 
-    flags = {
-        "controller": controller,
-        "region": region,
-        "join_token": join_token,
-        "endpoint": endpoint,
-        "interface": interface,
-        "state_dir": state_dir,
-        "listen_port": listen_port,
-        "stamp_port": stamp_port,
-        "metrics_port": metrics_port,
-        "window_s": window,
-        "probe_rate": probe_rate,
-        "targets_per_region": targets_per_region,
-    }
-    try:
-        cfg = load(flags, config)
-    except AgentConfigError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        raise typer.Exit(1) from None
-    try:
-        agent.run(cfg)
-    except RuntimeError as exc:  # join refused, no WireGuard, no join token: one line, not a traceback
-        sys.stderr.write(f"error: {exc}\n")
-        raise typer.Exit(1) from None
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.args = list(args)
+        return []
+
+    def invoke(self, ctx: Any) -> Any:
+        from probes.cli import main
+
+        if not ctx.args:  # as before: no sub-command shows the help and is a usage error
+            main(["--help"], prog=ctx.command_path)
+            raise typer.Exit(2)
+        code = main(ctx.args, prog=ctx.command_path)
+        if code:
+            raise typer.Exit(code)
+        return None
 
 
-@agent_app.command("rotate-key")
-def rotate_key(state_dir: Annotated[Path, typer.Option(help="The running agent's state directory.")]) -> None:
-    """Make a new key pair; the running agent registers it and the other nodes follow.
+agent_app = typer.Typer(
+    cls=_PassThrough,
+    help=HELP,
+    add_help_option=False,
+    rich_markup_mode=None,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
 
-    Example: meshctl agent rotate-key --state-dir /var/lib/meshctl
-    """
-    pid_file = state_dir / "agent.pid"
-    try:
-        pid = int(pid_file.read_text())
-        os.kill(pid, signal.SIGUSR1)
-    except (OSError, ValueError):
-        sys.stderr.write(f"error: no running agent for {state_dir} (no live pid in {pid_file}); start it first\n")
-        raise typer.Exit(1) from None
-    typer.echo(f"asked agent {pid} to rotate its key")
+
+@agent_app.callback(invoke_without_command=True)
+def _agent() -> None:
+    """The node agent: join, WireGuard tunnel, STAMP probes, reports."""

@@ -11,19 +11,23 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from meshctl.cli import output
-from meshctl.cli.client import ApiError
-from meshctl.lab import lab
-from meshctl.lab.topology import TopologyError
+from meshctl.cli.common import emit, message
+from meshctl.client import MeshError
+
+if TYPE_CHECKING:
+    from meshctl.lab import lab
 
 lab_app = typer.Typer(
     help="meshlab: real WireGuard nodes in network namespaces, a WAN with measured cloud RTTs (needs root).",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 KIND_HELP = "blackhole, loss PCT or delay MS (MS is added to the round trip)"
@@ -39,10 +43,14 @@ def _err() -> Console:
 
 
 @contextlib.contextmanager
-def guard() -> Iterator[None]:
-    """Lab failures are one line on stderr and an exit code, like every meshctl failure."""
+def guard() -> Iterator[ModuleType]:
+    """The lab module (imported here, so `meshctl --help` does not pay for it); its failures
+    become one line on stderr and an exit code, like every meshctl failure."""
+    from meshctl.lab import lab
+    from meshctl.lab.topology import TopologyError
+
     try:
-        yield
+        yield lab
     except TopologyError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise typer.Exit(7) from None
@@ -85,9 +93,7 @@ def up(
 
     Example: sudo meshctl lab up && meshctl status
     """
-    from meshctl.cli.main import emit
-
-    with guard():
+    with guard() as lab:
         st = lab.up(topology, _dir(ctx), prefix=prefix, net=net, say=Steps())
     emit(ctx, _summary(st), _up_view)
 
@@ -118,9 +124,7 @@ def _summary(st: lab.LabState) -> dict[str, Any]:
 @lab_app.command("status")
 def status(ctx: typer.Context) -> None:
     """Processes, faults and every node as the controller sees it.  Example: meshctl lab status"""
-    from meshctl.cli.main import emit
-
-    with guard():
+    with guard() as lab:
         data = lab.status(lab.require(_dir(ctx)))
     emit(ctx, data, _status_view)
 
@@ -176,7 +180,7 @@ def down(
 
     Example: sudo meshctl lab down
     """
-    with guard():
+    with guard() as lab:
         lab.preflight()
         left = lab.down(_dir(ctx), prefix, net, say=Steps())
     if left:
@@ -184,7 +188,9 @@ def down(
 
 
 def _fault_value(kind: str, value: float | None) -> tuple[str, float | None]:
-    if kind not in ("blackhole", "loss", "delay"):
+    from meshctl.lab.wanrouter import FAULT_KINDS  # the one list of fault kinds: the router's
+
+    if kind not in FAULT_KINDS:
         raise typer.BadParameter(f"{kind!r}: give {KIND_HELP}", param_hint="KIND")
     if kind != "blackhole" and value is None:
         raise typer.BadParameter(f"{kind} needs a value: {KIND_HELP}", param_hint="VALUE")
@@ -203,7 +209,7 @@ def fault(
     Example: meshctl lab fault aws:us-east-1 blackhole; meshctl lab fault gcp:us-east4 loss 30
     """
     kind, value = _fault_value(kind, value)
-    with guard():
+    with guard() as lab:
         answer = lab.fault(lab.require(_dir(ctx)), region, kind, value)
     _faults_out(ctx, answer)
 
@@ -221,7 +227,7 @@ def fault_link(
     Example: meshctl lab fault-link aws:us-east-1 aws:eu-west-2 delay 100
     """
     kind, value = _fault_value(kind, value)
-    with guard():
+    with guard() as lab:
         answer = lab.fault_link(lab.require(_dir(ctx)), a, b, kind, value)
     _faults_out(ctx, answer)
 
@@ -232,9 +238,7 @@ def fault_controller(ctx: typer.Context) -> None:
 
     Example: meshctl lab fault-controller; meshctl status; meshctl lab heal
     """
-    from meshctl.cli.main import emit
-
-    with guard():
+    with guard() as lab:
         applied_at = lab.fault_controller(lab.require(_dir(ctx)))
     emit(
         ctx,
@@ -249,14 +253,13 @@ def heal(
     region: Annotated[str | None, typer.Argument(help="Only this region's fault (default: every fault).")] = None,
 ) -> None:
     """Lift faults.  Example: meshctl lab heal"""
-    with guard():
+    with guard() as lab:
         answer = lab.heal(lab.require(_dir(ctx)), region)
     _faults_out(ctx, answer)
 
 
 def _faults_out(ctx: typer.Context, answer: dict[str, Any]) -> None:
     """The faults now in force; with -o json also when the change took effect (`applied_at`)."""
-    from meshctl.cli.main import emit
 
     def render(a: dict[str, Any]) -> str:
         return "faults in force: " + ("; ".join(f"{f['target']}: {f['what']}" for f in a["faults"]) or "none")
@@ -275,10 +278,10 @@ def demo(
     Up, converge, status, matrix, routes; blackhole a region and watch it drain; heal it and
     watch it come back; tear down (unless --keep).  Example: sudo meshctl lab demo --keep
     """
-    from meshctl.lab.demo import run
+    from meshctl.cli.demo import run
 
-    with guard():
+    with guard() as lab:
         try:
             run(_dir(ctx), topology, keep, say=Steps(), console=output.console())
-        except ApiError as exc:
-            raise lab.LabError(f"the lab's controller: {exc.message}") from exc
+        except MeshError as exc:
+            raise lab.LabError(f"the lab's controller: {message(exc)}") from exc

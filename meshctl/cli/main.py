@@ -3,23 +3,39 @@
 Exit codes: 0 ok; 1 error; 2 usage; 3 a tool it needs is missing (pulumi); 4 controller
 unreachable; 5 token missing, refused or without the scope; 6 not found; 7 invalid input or
 conflict; 130 interrupted.
+
+Start-up is kept short (see `group`): importing this module loads Typer and nothing heavy; the
+client (httpx, pydantic), Rich, PyYAML and the lab/stack/agent sub-apps are imported by the
+commands that use them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import sys
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 from meshctl.cli import output
-from meshctl.cli.client import ApiError, Client
-from meshctl.cli.config import Config, ConfigError, config_path, resolve
+from meshctl.cli.access import config_app, join_app, policies_app, tokens_app
+from meshctl.cli.common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Output,
+    State,
+    emit,
+    exit_code,
+    message,
+    out,
+    progress,
+    state,
+    to_data,
+)
+from meshctl.cli.group import OUTPUT_HELP, RootGroup, _set_output
+
+if TYPE_CHECKING:
+    from meshctl.client import Client
 
 EPILOG = (
     "Exit codes: 0 ok, 1 error, 2 usage, 3 missing tool (pulumi), 4 controller unreachable, "
@@ -27,6 +43,7 @@ EPILOG = (
 )
 
 app = typer.Typer(
+    cls=RootGroup,
     name="meshctl",
     help="See and steer a multi-cloud media mesh (a client of the controller's REST API).",
     epilog=EPILOG,
@@ -34,70 +51,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-regions_app = typer.Typer(help="Regions: list, show, add.", no_args_is_help=True)
-nodes_app = typer.Typer(help="Nodes: list, show, remove.", no_args_is_help=True)
-tokens_app = typer.Typer(help="API tokens (admin): create, list, revoke.", no_args_is_help=True)
-join_app = typer.Typer(help="Join tokens for new nodes (admin).", no_args_is_help=True)
-overlay_app = typer.Typer(help="WireGuard overlay helpers.", no_args_is_help=True)
-config_app = typer.Typer(help="Named contexts: controller URL and token.", no_args_is_help=True)
+regions_app = typer.Typer(help="Regions: list, show, add.", no_args_is_help=True, rich_markup_mode=None)
+nodes_app = typer.Typer(help="Nodes: list, show, remove.", no_args_is_help=True, rich_markup_mode=None)
+overlay_app = typer.Typer(help="WireGuard overlay helpers.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(regions_app, name="regions")
 app.add_typer(nodes_app, name="nodes")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(join_app, name="join-tokens")
+app.add_typer(policies_app, name="join-policies")
 app.add_typer(overlay_app, name="overlay")
 app.add_typer(config_app, name="config")
-
-
-class Output(StrEnum):
-    table = "table"
-    json = "json"
-    yaml = "yaml"
-
-
-@dataclass
-class State:
-    controller: str | None = None
-    token: str | None = None
-    context: str | None = None
-    output: Output = Output.table
-    _client: Client | None = None
-
-    def client(self) -> Client:
-        if self._client is None:
-            url, token, _ = resolve(self.controller, self.token, self.context)
-            self._client = Client(url, token)
-        return self._client
-
-
-def state(ctx: typer.Context) -> State:
-    obj = ctx.find_root().obj
-    assert isinstance(obj, State)
-    return obj
-
-
-def out() -> Console:
-    return output.console()
-
-
-def emit(ctx: typer.Context, data: Any, render: Any = None) -> None:
-    """JSON/YAML for scripts (the API's own shape), or a view for people."""
-    st = state(ctx)
-    if st.output != Output.table:
-        typer.echo(output.dump(data, st.output.value))
-    elif render is not None:
-        out().print(render(data))
-    else:
-        typer.echo(output.dump(data, "yaml"))
-
-
-@contextlib.contextmanager
-def progress(message: str) -> Any:
-    """A spinner on stderr while waiting, only for a person at a terminal."""
-    if sys.stderr.isatty():
-        with output.console(stderr=True).status(message):
-            yield
-    else:
-        yield
 
 
 @app.callback()
@@ -108,7 +71,9 @@ def main_options(
     ] = None,
     token: Annotated[str | None, typer.Option("--token", help="Bearer token (env MESHCTL_TOKEN).")] = None,
     context: Annotated[str | None, typer.Option("--context", help="Named context from the config file.")] = None,
-    out_format: Annotated[Output, typer.Option("-o", "--output", help="table, json or yaml.")] = Output.table,
+    out_format: Annotated[
+        Output, typer.Option("-o", "--output", help="table, json or yaml (also accepted after the command).")
+    ] = Output.table,
 ) -> None:
     ctx.obj = State(controller, token, context, out_format)
 
@@ -191,13 +156,18 @@ def regions_add(
     known = lookup(region)
     if (lat is None or lon is None) and known is None:
         raise typer.BadParameter(f"{region} is not in the built-in catalogue: give --lat and --lon", param_hint="--lat")
-    body = {
-        "lat": lat if lat is not None else known.lat,  # type: ignore[union-attr]
-        "lon": lon if lon is not None else known.lon,  # type: ignore[union-attr]
-        "name": name or (known.name if known else None),
-        "metro": metro or (known.metro if known else None),
-    }
-    emit(ctx, state(ctx).client().put_region(region, body))
+    region_out = (
+        state(ctx)
+        .client()
+        .put_region(
+            region,
+            lat=lat if lat is not None else known.lat,  # type: ignore[union-attr]
+            lon=lon if lon is not None else known.lon,  # type: ignore[union-attr]
+            name=name or (known.name if known else None),
+            metro=metro or (known.metro if known else None),
+        )
+    )
+    emit(ctx, region_out)
 
 
 @nodes_app.command("list")
@@ -239,9 +209,26 @@ def nodes_remove(ctx: typer.Context, node: str) -> None:
 # --- links, routes, placement --------------------------------------------------------------
 
 
-@app.command()
-def links(ctx: typer.Context) -> None:
-    """Every measured region link (p50/p90 RTT, jitter, loss, age).  Example: meshctl links -o json"""
+links_app = typer.Typer(
+    help="Every measured region link; `links history SRC DST` for one link over time.", rich_markup_mode=None
+)
+app.add_typer(links_app, name="links")
+
+
+@links_app.callback(invoke_without_command=True)
+def links(
+    ctx: typer.Context,
+    _output: Annotated[
+        Output | None,
+        typer.Option("-o", "--output", help=OUTPUT_HELP, callback=_set_output, expose_value=False),
+    ] = None,
+) -> None:
+    """Every measured region link (p50/p90 RTT, jitter, loss, age).  Example: meshctl links -o json
+
+    `meshctl links history SRC DST` shows one link over time.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
 
     def render(data: dict[str, Any]) -> Any:
         return output.table(
@@ -264,6 +251,21 @@ def links(ctx: typer.Context) -> None:
     emit(ctx, state(ctx).client().links(), render)
 
 
+@links_app.command("history")
+def links_history(
+    ctx: typer.Context,
+    src: str,
+    dst: str,
+    since: Annotated[str, typer.Option(help="A duration back from now (15m, 24h, 7d) or an ISO time.")] = "24h",
+    step: Annotated[str, typer.Option(help="Bucket size: 1m (kept a day), 1h (kept 30 days) or auto.")] = "auto",
+) -> None:
+    """One link over time: RTT p50/p90, loss and jitter, with a sparkline of each.
+
+    Example: meshctl links history aws:ap-northeast-1 aws:us-east-1 --since 7d
+    """
+    emit(ctx, state(ctx).client().link_history(src, dst, since=since, step=step), output.history_view)
+
+
 @app.command()
 def matrix(ctx: typer.Context) -> None:
     """The region latency matrix, coloured by RTT and loss, grouped by cloud, paged to 80 columns.
@@ -272,7 +274,7 @@ def matrix(ctx: typer.Context) -> None:
     """
     client = state(ctx).client()
     data = client.links()
-    regions = [r["id"] for r in client.regions()]
+    regions = [r.id for r in client.regions()]
     emit(ctx, data, lambda d: output.matrix_view(d["links"], regions, width=out().width))
 
 
@@ -284,7 +286,8 @@ def route(
     explain: Annotated[bool, typer.Option("--explain", help="Show the candidates and why this path.")] = False,
 ) -> None:
     """The path between two regions.  Example: meshctl route aws:us-east-1 gcp:asia-southeast1 --explain"""
-    emit(ctx, state(ctx).client().route(src, dst, explain), output.explain_view)
+    client = state(ctx).client()
+    emit(ctx, client.explain(src, dst) if explain else client.fetch_route(src, dst), output.explain_view)
 
 
 @app.command()
@@ -303,7 +306,7 @@ def routes(ctx: typer.Context) -> None:
         ]
         return output.table(f"generation {data['generation']}", ["from", "to", "path", "rtt ms"], rows)
 
-    emit(ctx, state(ctx).client().routes(), render)
+    emit(ctx, state(ctx).client().route_table(), render)
 
 
 @app.command()
@@ -343,7 +346,7 @@ def drain(
     """
     client = state(ctx).client()
     with progress(f"draining {region}"):
-        result = client.drain(region, reason, dry_run)
+        result = client.drain_preview(region, reason) if dry_run else client.drain(region, reason)
     if dry_run:
         emit(ctx, result, output.drain_preview_view)
     else:
@@ -384,7 +387,7 @@ def events(
     """Drains, undrains, freezes, joins, route changes.  Example: meshctl events --since 2026-11-24T10:00:00Z -f"""
     st = state(ctx)
     client = st.client()
-    rows = client.events(since=since, limit=limit)
+    rows = to_data(client.events(since=since, limit=limit))
     render = lambda r: output.table(None, ["id", "time", "kind", "region", "reason"], [_event_row(e) for e in r])  # noqa: E731
     if not follow:
         emit(ctx, rows, render)
@@ -395,7 +398,7 @@ def events(
     try:
         while True:
             with progress("waiting for events (Ctrl-C to stop)"):
-                new = client.events(since=last, limit=500, wait=25)
+                new = to_data(client.events(since=last, limit=500, wait=25))
             for e in new:
                 _print_event(st, e)
                 last = str(e["id"])
@@ -405,7 +408,7 @@ def events(
 
 def _latest_event_id(client: Client) -> int:
     newest = client.events(limit=1)
-    return int(newest[-1]["id"]) if newest else 0
+    return newest[-1].id if newest else 0
 
 
 def _print_event(st: State, e: dict[str, Any]) -> None:
@@ -417,56 +420,6 @@ def _print_event(st: State, e: dict[str, Any]) -> None:
 
         typer.echo(json.dumps(e) if st.output == Output.json else output.dump([e], "yaml"), nl=True)
     sys.stdout.flush()
-
-
-# --- tokens --------------------------------------------------------------------------------
-
-
-@tokens_app.command("create")
-def tokens_create(
-    ctx: typer.Context,
-    scope: Annotated[str, typer.Option(help="admin, operator (drain/undrain) or reader.")],
-    name: Annotated[str, typer.Option(help="A name to recognise it by.")] = "cli",
-    ttl: Annotated[int | None, typer.Option(help="Seconds until it expires (default: never).")] = None,
-) -> None:
-    """Create an API token; the secret is shown once.  Example: meshctl tokens create --scope reader --name grafana"""
-    if scope not in ("admin", "operator", "reader"):
-        raise typer.BadParameter("scope is one of admin, operator, reader", param_hint="--scope")
-    emit(ctx, state(ctx).client().create_token(name, scope, ttl))
-
-
-@tokens_app.command("list")
-def tokens_list(ctx: typer.Context) -> None:
-    """Active tokens (never their secrets).  Example: meshctl tokens list"""
-    emit(
-        ctx,
-        state(ctx).client().tokens(),
-        lambda rows: output.table(
-            None,
-            ["id", "name", "scope", "created", "expires"],
-            [
-                [t["id"], t["name"], t["scope"], t["created_at"][:19], (t.get("expires_at") or "never")[:19]]
-                for t in rows
-            ],
-        ),
-    )
-
-
-@tokens_app.command("revoke")
-def tokens_revoke(ctx: typer.Context, token_id: str) -> None:
-    """Revoke a token by id.  Example: meshctl tokens revoke 1a2b3c4d5e6f7a8b"""
-    emit(ctx, state(ctx).client().revoke_token(token_id))
-
-
-@join_app.command("create")
-def join_tokens_create(
-    ctx: typer.Context,
-    region: Annotated[str, typer.Option(help="The one region it may join.")],
-    ttl: Annotated[int, typer.Option(help="Seconds until it expires.")] = 3600,
-    uses: Annotated[int, typer.Option(help="How many nodes may join with it.")] = 1,
-) -> None:
-    """A join token for new nodes in one region.  Example: meshctl join-tokens create --region aws:us-east-1 --uses 3"""
-    emit(ctx, state(ctx).client().create_join_token(region, ttl, uses))
 
 
 # --- overlay -------------------------------------------------------------------------------
@@ -487,83 +440,13 @@ def overlay_render(
     client = state(ctx).client()
     me = client.node(node)
     peers = client.peers(node)
-    prefix = peers["overlay_cidr"].split("/")[1]
+    prefix = peers.overlay_cidr.split("/")[1]
     text = render_wg_quick(
-        f"{me['overlay_ip']}/{prefix}",
+        f"{me.overlay_ip}/{prefix}",
         listen_port,
-        [PeerConf(p["public_key"], p["endpoint"], p["allowed_ips"]) for p in peers["peers"]],
+        [PeerConf(p.public_key, p.endpoint, p.allowed_ips) for p in peers.peers],
     )
     typer.echo(text, nl=False)
-
-
-# --- contexts ------------------------------------------------------------------------------
-
-
-@config_app.command("set-context")
-def set_context(
-    name: str,
-    controller: Annotated[str | None, typer.Option(help="Controller URL.")] = None,
-    token: Annotated[str | None, typer.Option(help="Bearer token.")] = None,
-    use: Annotated[bool, typer.Option("--use", help="Also make it the current context.")] = False,
-) -> None:
-    """Create or update a context.
-
-    Example: meshctl config set-context prod --controller https://mesh.example:8080 --token T --use
-    """
-    cfg = Config.load()
-    cfg.set_context(name, controller, token)
-    if use:
-        cfg.current_context = name
-    typer.echo(f"context {name} saved in {cfg.save()}")
-
-
-@config_app.command("use-context")
-def use_context(name: str) -> None:
-    """Make a context current.  Example: meshctl config use-context prod"""
-    cfg = Config.load()
-    if name not in cfg.contexts:
-        raise ConfigError(f"no context {name!r} in {config_path()}; see `meshctl config get-contexts`")
-    cfg.current_context = name
-    cfg.save()
-    typer.echo(f"now using context {name}")
-
-
-@config_app.command("get-contexts")
-def get_contexts(ctx: typer.Context) -> None:
-    """List contexts (tokens hidden).  Example: meshctl config get-contexts"""
-    cfg = Config.load()
-    rows = [
-        {
-            "name": n,
-            "current": n == cfg.current_context,
-            "controller": c.get("controller"),
-            "token": "set" if c.get("token") else "none",
-        }
-        for n, c in sorted(cfg.contexts.items())
-    ]
-    emit(
-        ctx,
-        rows,
-        lambda rs: output.table(
-            str(config_path()),
-            ["current", "name", "controller", "token"],
-            [["*" if r["current"] else "", r["name"], r["controller"], r["token"]] for r in rs],
-        ),
-    )
-
-
-# --- sub-commands from other modules ----------------------------------------------------------
-
-for _module, _attr, _name in (
-    ("meshctl.cli.agent", "agent_app", "agent"),
-    ("meshctl.cli.stack", "stack_app", "stack"),
-    ("meshctl.cli.lab", "lab_app", "lab"),
-):
-    try:
-        app.add_typer(getattr(importlib.import_module(_module), _attr), name=_name)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _module:
-            raise
 
 
 def main() -> None:
@@ -572,13 +455,9 @@ def main() -> None:
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)  # typer.Exit(n) comes back as a return value outside standalone mode
-    except ApiError as exc:
-        _fail(exc.message, exc.exit_code)
-    except ConfigError as exc:
-        _fail(str(exc), 1)
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("\ninterrupted\n")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:  # usage errors: Typer's own message, exit 2
@@ -587,9 +466,18 @@ def main() -> None:
             show()
         else:
             sys.stderr.write(f"error: {exc}\n")
-        sys.exit(getattr(exc, "exit_code", 2))
+        sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
     except BrokenPipeError:
         sys.exit(0)
+    except Exception as exc:
+        # The client is imported by the first command that calls the API: an error of its
+        # kind can only come after that, so there is nothing to import here first.
+        client = sys.modules.get("meshctl.client")
+        if client is not None and isinstance(exc, client.MeshError):
+            _fail(message(exc), exit_code(exc))
+        if client is not None and isinstance(exc, client.ConfigError):
+            _fail(str(exc), EXIT_ERROR)
+        raise
 
 
 def _fail(message: str, code: int) -> None:

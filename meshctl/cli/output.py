@@ -1,4 +1,8 @@
-"""Rendering for people (Rich tables that fit 80 columns) and for scripts (JSON, YAML)."""
+"""Rendering for people (Rich tables that fit 80 columns) and for scripts (JSON, YAML).
+
+Rich and PyYAML are imported inside the functions that use them: importing this module is
+cheap, so `meshctl --help` and `-o json` never pay for them.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,12 @@ import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from rich.console import Console, Group, RenderableType
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.table import Table
+    from rich.text import Text
 
 CLOUD_LETTER = {"aws": "a", "gcp": "g", "azure": "z"}
 _DIRECTIONS = re.compile(r"(north|south|east|west|central)")
@@ -21,6 +25,8 @@ STATE_STYLE = {"drained": "bold red", "degraded": "yellow", "active": "green"}
 def dump(data: Any, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(data, indent=2, sort_keys=False)
+    import yaml
+
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
@@ -73,6 +79,9 @@ def ago(iso: str | None) -> str:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     t = Table(title=title, title_justify="left", header_style="bold", expand=False, pad_edge=False)
     for c in columns:
         t.add_column(c, overflow="fold")
@@ -82,11 +91,16 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
 
 
 def state_text(state: str) -> Text:
+    from rich.text import Text
+
     return Text(state, style=STATE_STYLE.get(state, ""))
 
 
 def status_view(st: dict[str, Any]) -> RenderableType:
     """One screen, read in five seconds: trouble first."""
+    from rich.console import Group
+    from rich.text import Text
+
     parts: list[RenderableType] = []
     by = st["regions_by_state"]
     head = Text()
@@ -131,6 +145,8 @@ def status_view(st: dict[str, Any]) -> RenderableType:
 
 
 def _cell(link: dict[str, Any] | None) -> Text:
+    from rich.text import Text
+
     if link is None:
         return Text("·", style="dim")
     rtt, loss = link["rtt_p50_ms"], link["loss_percent"]
@@ -147,6 +163,10 @@ def _cell(link: dict[str, Any] | None) -> Text:
 
 def matrix_view(links: list[dict[str, Any]], regions: Sequence[str] | None = None, width: int = 80) -> RenderableType:
     """The RTT matrix (p50 ms, rows = from, columns = to), grouped by cloud, paged to fit the width."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     ids = sorted(
         set(regions or []) | {x["src"] for x in links} | {x["dst"] for x in links},
         key=lambda r: (r.split(":", 1)[0], r),
@@ -196,6 +216,9 @@ def matrix_view(links: list[dict[str, Any]], regions: Sequence[str] | None = Non
 
 
 def explain_view(r: dict[str, Any]) -> RenderableType:
+    from rich.console import Group
+    from rich.text import Text
+
     head = Text()
     head.append(" -> ".join(r["path"]) if r["reachable"] else "unreachable", style="bold")
     if r["reachable"]:
@@ -233,6 +256,9 @@ def via(path: list[str] | None) -> str:
 
 
 def drain_preview_view(p: dict[str, Any]) -> RenderableType:
+    from rich.console import Group
+    from rich.text import Text
+
     parts: list[RenderableType] = [Text(f"dry run: {p['summary']} (nothing changed)", style="bold")]
     if p["routes_changed"]:
         parts.append(
@@ -254,4 +280,52 @@ def drain_preview_view(p: dict[str, Any]) -> RenderableType:
 
 
 def console(stderr: bool = False, width: int | None = None) -> Console:
+    from rich.console import Console
+
     return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False)
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float | None], width: int = 30) -> str:
+    """Values as block characters, oldest first, squeezed into `width` columns (the largest value of
+    each column, so a spike shows); a gap where there is no value."""
+    if not values:
+        return ""
+    cols: list[float | None] = []
+    per = max(1, -(-len(values) // width))
+    for i in range(0, len(values), per):
+        chunk = [v for v in values[i : i + per] if v is not None]
+        cols.append(max(chunk) if chunk else None)
+    present = [v for v in cols if v is not None]
+    if not present:
+        return " " * len(cols)
+    lo, hi = min(present), max(present)
+    span = hi - lo
+    return "".join(" " if v is None else SPARKS[0 if span <= 0 else min(7, int((v - lo) / span * 8))] for v in cols)
+
+
+def history_view(h: dict[str, Any]) -> RenderableType:
+    """A link's history in four lines: each series' range, last value and sparkline."""
+    points = h["points"]
+    first = points[0]["at"][:16].replace("T", " ") if points else "-"
+    last = points[-1]["at"][:16].replace("T", " ") if points else "-"
+    title = f"{h['src']} -> {h['dst']}: {len(points)} buckets of {h['step']}, {first} .. {last} UTC"
+    rows = []
+    for name, key in (("rtt p50 ms", "rtt_p50_ms"), ("rtt p90 ms", "rtt_p90_ms"), ("loss %", "loss_percent"),
+                      ("jitter ms", "jitter_ms")):  # fmt: skip
+        series = [p[key] for p in points]
+        present = [v for v in series if v is not None]
+        fmt = "{:.1f}".format
+        rows.append(
+            [
+                name,
+                fmt(min(present)) if present else None,
+                fmt(sorted(present)[len(present) // 2]) if present else None,
+                fmt(max(present)) if present else None,
+                fmt(present[-1]) if present else None,
+                sparkline(series),
+            ]
+        )
+    return table(title, ["series", "min", "median", "max", "last", "oldest .. newest"], rows)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import re
 
-_REGION_ID = re.compile(r"^([a-z][a-z0-9]*):([a-z0-9][a-z0-9-]*)$")
+REGION_ID_PATTERN = r"^([a-z][a-z0-9]*):([a-z0-9][a-z0-9-]*)$"
+_REGION_ID = re.compile(REGION_ID_PATTERN)
 
 
 class InvalidRegionId(ValueError):

@@ -12,6 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshctl.files import atomic_write
+
+JOIN_TOKEN_FILE = "join-token"  # in a node's state directory, mode 0600
+
 
 def sh(*args: str, check: bool = True, ns: str | None = None) -> subprocess.CompletedProcess[str]:
     cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
@@ -112,11 +116,17 @@ class Lab:
         ]
 
     def agent_argv(self, i: int, controller: str, region: str, state_dir: str, **options: str | None) -> list[str]:
-        """`meshctl agent run` as node i of this lab: its namespace, WAN endpoint and interface.
+        """`meshctl-agent run` (`python -m probes run`, as a media node runs it) as node i of this lab.
 
-        Further options by name (`window="1"`, `join_token=...`); None leaves one out.
+        In node i's namespace, with its WAN endpoint and interface.
+
+        Further options by name (`window="1"`, `join_token_file=...`); None leaves one out. A secret
+        never goes on a command line (any local user reads it in `ps`): `join_token` is refused,
+        write the token with `write_join_token` and pass `join_token_file`.
         """
-        argv = ["ip", "netns", "exec", self.node_ns(i), sys.executable, "-m", "meshctl", "agent", "run"]
+        if "join_token" in options:
+            raise ValueError("agent_argv: no join token on a command line; write_join_token() and join_token_file=")
+        argv = ["ip", "netns", "exec", self.node_ns(i), sys.executable, "-m", "probes", "run"]
         flags = {
             "controller": controller,
             "region": region,
@@ -158,6 +168,15 @@ class Lab:
             with contextlib.suppress(OSError):
                 os.unlink(sock)
         self.namespaces.clear()
+
+
+def write_join_token(state_dir: str | os.PathLike[str], token: str) -> str:
+    """Put a node's join token in its state directory (made 0700 if new) as a 0600 file; its path."""
+    directory = Path(state_dir)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / JOIN_TOKEN_FILE
+    atomic_write(path, token + "\n", mode=0o600)
+    return str(path)
 
 
 def existing_namespaces(prefix: str) -> list[str]:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
-Scope = Literal["admin", "operator", "reader", "node"]
-SCOPE_RANK: dict[str, int] = {"reader": 1, "operator": 2, "admin": 3}
+from meshctl.wire.schemas import Scope as TokenScope
+
+Scope = TokenScope | Literal["node"]
+# the wire's Scope lists the token scopes from the most to the least powerful
+SCOPE_RANK: dict[str, int] = {name: rank for rank, name in enumerate(reversed(get_args(TokenScope)), start=1)}
 PREFIX = {"admin": "msh_a_", "operator": "msh_o_", "reader": "msh_r_", "node": "msh_n_", "join": "msh_j_"}
 
 

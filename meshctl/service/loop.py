@@ -1,10 +1,19 @@
 """The control loop of one replica: hold or watch the leader lease, recompute or follow.
 
 Leader: pull reports other replicas accepted, fold links, judge health, apply automatic
-drains (fenced by the lease), recompute routes, and publish a new generation when routes
-change (the insert checks the lease in the same statement). Follower: adopt newer published
-tables and reload regions, drains, nodes and tokens when their version moves.
-When the database is unreachable every replica keeps answering from memory and says so.
+drains (fenced by the lease), recompute routes, and publish a new generation when routes,
+drains or region states change (the insert checks the lease in the same statement). Follower:
+adopt newer published tables and reload regions, drains, nodes and tokens when their version
+moves. When the database is unreachable every replica keeps answering from memory and says so.
+
+On PostgreSQL every writer NOTIFYs at commit and each replica LISTENs on a connection of its own
+(a thread): a change kicks the loop at once, and followers poll only every
+`heartbeat_every_s` as a fallback. On SQLite (or while that connection is down) followers poll
+every `follower_poll_s`.
+
+The loop owns the leader's judgement (link baselines, health state, report cursor) and talks to
+the controller only through its public methods (`tick_started`, `adopt`, `publish`, `follow`,
+`leadership`, ...). `tick()` is one whole round, so tests drive the loop with a fake clock.
 """
 
 from __future__ import annotations
@@ -12,16 +21,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from typing import Any
 
-from meshctl.api import schemas as s
 from meshctl.core.health import HealthState, RegionHealthState, initial_state, observe, step
 from meshctl.core.routing import changed_mask, compute_routes, cost_matrices, diff_routes, warm_up
-from meshctl.service.controller import Controller, Snapshot, snapshot_body
+from meshctl.service.controller import Controller
+from meshctl.service.history import HistoryWriter
+from meshctl.service.leadership import heartbeat_every_s
+from meshctl.service.snapshot import Snapshot
+from meshctl.service.state import MeshState
+from meshctl.service.views import ts
 from meshctl.store.db import StoreError
+from meshctl.store.values import Lease
+from meshctl.wire import schemas as s
 
 log = logging.getLogger("meshctl.loop")
+
+PRUNE_EVERY_S = 60.0
 
 
 class ControlLoop:
@@ -34,15 +52,49 @@ class ControlLoop:
         # that time is not held against the links (for one stale period after it hears again)
         self._deaf_since: float | None = None
         self._deaf_credit = (0.0, 0.0)  # (seconds deaf, until when the credit holds)
+        # the leader's judgement: lowest RTT seen per link, health state machine, report cursor
+        self.baselines: dict[tuple[str, str], float] = {}
+        self.health: HealthState = initial_state([])
+        self._report_cursor = 0
+        self.history = HistoryWriter(ctl)  # the leader's link history rollups
+        self._listen_stop = threading.Event()
+        self._listener: threading.Thread | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="control-loop")
+        if self.ctl.store.backend == "postgresql":
+            self._start_listener()
 
     async def stop(self) -> None:
+        self._listen_stop.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.join, 3.0)
+
+    def _start_listener(self) -> None:
+        """LISTEN for the changes other replicas (and we) commit, in a thread of its own."""
+        ctl = self.ctl
+        loop = asyncio.get_running_loop()
+
+        def on_change(what: str) -> None:
+            loop.call_soon_threadsafe(ctl.changed_elsewhere, what)
+
+        def on_up(up: bool) -> None:
+            def note() -> None:
+                if up and not ctl.listening:
+                    log.info("listening for changes (PostgreSQL LISTEN)")
+                    ctl.kick()  # changes made while we were not listening: look now
+                ctl.listening = up
+
+            loop.call_soon_threadsafe(note)
+
+        self._listener = threading.Thread(
+            target=ctl.store.listen, args=(on_change, self._listen_stop, on_up), name="store-listen", daemon=True
+        )
+        self._listener.start()
 
     async def _run(self) -> None:
         ctl = self.ctl
@@ -50,63 +102,69 @@ class ControlLoop:
         await asyncio.to_thread(warm_up)  # the route kernel compiles (or loads) off the event loop
         while True:
             started = time.monotonic()
-            ctl.ticks_started += 1
-            tick_no = ctl.ticks_started
-            try:
-                await self.tick()
-                if not ctl.store_ok:
-                    log.warning("database reachable again")
-                ctl.store_ok = True
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if ctl.store_ok:
-                    log.warning("control loop: %s", exc)
-                ctl.store_ok = False
-                if self._deaf_since is None:
-                    self._deaf_since = ctl.clock()
-                if ctl.is_leader and ctl.clock() >= ctl.lease_expires:
-                    self._step_down("lease expired while the database was unreachable")
-            ctl.metrics.store_up.set(1 if ctl.store_ok else 0)
-            ctl.ticks_done = tick_no
-            await ctl.notify()
+            await self.tick()
             delay = max(0.0, interval - (time.monotonic() - started))
             if not ctl.is_leader:
-                delay = min(delay, ctl.settings.follower_poll_s)
-            ctl._kick.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ctl._kick.wait(), delay)
+                # told of changes (LISTEN): poll only to renew the heartbeat and watch the lease
+                poll = heartbeat_every_s(ctl.settings) if ctl.listening else ctl.settings.follower_poll_s
+                delay = poll - (time.monotonic() - started) if ctl.listening else min(delay, poll)
+            await ctl.wait_kick(max(0.0, delay))
 
     async def tick(self) -> None:
+        """One round. A store failure does not escape: the replica marks the database down,
+        keeps answering from memory, and steps down once its lease has run out."""
         ctl = self.ctl
+        tick_no = ctl.tick_started()
+        ok = True
+        try:
+            await self._round()
+            if not ctl.store_ok:
+                log.warning("database reachable again")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if ctl.store_ok:
+                log.warning("control loop: %s", exc)
+            ok = False
+            if self._deaf_since is None:
+                self._deaf_since = ctl.clock()
+            if ctl.leadership.lapsed(ctl.clock()):
+                ctl.leadership.step_down("lease expired while the database was unreachable")
+        await ctl.tick_done(tick_no, ok)
+
+    async def _round(self) -> None:
+        ctl = self.ctl
+        lead = ctl.leadership
         now = ctl.clock()
-        lease = await ctl.db(ctl.store.acquire_or_renew, ctl.settings.replica_id, now, ctl.settings.lease_s)
-        leading = lease.holder == ctl.settings.replica_id
+        lease = await ctl.db(
+            ctl.store.acquire_or_renew, ctl.settings.replica_id, lead.instance, now, ctl.settings.lease_s
+        )
         if self._deaf_since is not None:  # the database answers again: reports can come in
             deaf_s = max(0.0, now - self._deaf_since)
             self._deaf_since = None
             self._deaf_credit = (deaf_s, now + ctl.weights.stale_after_s)
             self._listening_since = now  # and the agents' silence is counted afresh
-        ctl.leader = lease.holder if lease.expires_at > now else None
-        ctl.leader_since = lease.acquired_at if ctl.leader is not None else None
-        if leading and not ctl.is_leader:
-            await self._become_leader(lease.epoch, lease.acquired_at)
-        elif not leading and ctl.is_leader:
-            self._step_down(f"lease now held by {lease.holder}")
+        leading = lead.observe(lease, now)
+        if leading and not lead.is_leader:
+            await self._become_leader(lease)
+        elif not leading and lead.is_leader:
+            lead.step_down(f"lease now held by {lease.holder}")
         if leading:
-            ctl.lease_epoch, ctl.lease_expires = lease.epoch, lease.expires_at
+            lead.renewed(lease)
         await ctl.reload_config()
-        if ctl.is_leader:
+        if lead.is_leader:
             await self._pull_reports()
             await self._recompute(now)
         else:
-            await self._follow()
+            await ctl.follow()
         await self._heartbeat(now)
-        if now - self._last_prune > 60:
+        if now - self._last_prune > PRUNE_EVERY_S:
             self._last_prune = now
             await ctl.db(ctl.store.prune_reports, now - ctl.settings.report_max_age_s)
-            if ctl.is_leader:
+            if lead.is_leader:
+                await self.history.prune(now)
                 await ctl.db(ctl.store.prune_route_tables)
+                await ctl.db(ctl.store.prune_replicas, now - 3600.0)
 
     def _links_as_of(self, now: float) -> float:
         """When links are judged fresh or stale: `now`, less the time this replica was deaf
@@ -114,105 +172,96 @@ class ControlLoop:
         deaf_s, until = self._deaf_credit
         return now - deaf_s if now < until else now
 
-    async def _become_leader(self, epoch: int, since: float) -> None:
+    async def _become_leader(self, lease: Lease) -> None:
         ctl = self.ctl
-        ctl.is_leader, ctl.lease_epoch, ctl.leader_since = True, epoch, since
+        ctl.leadership.become_leader(lease.epoch, lease.acquired_at)
         self._listening_since = ctl.clock()
-        ctl.metrics.is_leader.set(1)
-        ctl.metrics.leader_since.set(since)
-        await self._follow()  # start from the newest published table and generation
+        await ctl.follow()  # start from the newest published table and generation
         # warm the link book with what other replicas (or our previous life) accepted
-        recent = await ctl.db(ctl.store.recent_reports, self._links_as_of(ctl.clock()) - ctl.weights.stale_after_s)
-        for row in recent:
-            node = ctl.nodes.get(row.node_id)
-            if node is not None:
-                ctl.record_stored_report(node, row.body, row.window_start, row.received_at)
-        ctl.report_cursor = await ctl.db(ctl.store.max_report_id)
-        ctl.health = _health_from_drains(ctl)
+        since = self._links_as_of(ctl.clock()) - ctl.weights.stale_after_s
+        for report in await ctl.db(ctl.store.recent_reports, since):
+            ctl.reports.record_stored(report, heard=False)
+        self._report_cursor = await ctl.db(ctl.store.max_report_id)
+        self.health = health_from_drains(ctl.state)
+        self.history.reset()
+        replica = ctl.settings.replica_id
         await ctl.db(
             ctl.store.add_event,
             ctl.clock(),
             "leader",
-            f"replica {ctl.settings.replica_id} leads (lease epoch {epoch})",
+            f"replica {replica} leads (lease epoch {lease.epoch})",
             None,
             None,
-            {"replica": ctl.settings.replica_id, "epoch": epoch},
+            {"replica": replica, "instance": lease.instance, "epoch": lease.epoch},
         )
-        log.info("leading with lease epoch %d", epoch)
-
-    def _step_down(self, why: str) -> None:
-        ctl = self.ctl
-        if ctl.is_leader:
-            log.warning("stepping down: %s", why)
-        ctl.is_leader = False
-        ctl.metrics.is_leader.set(0)
 
     async def _pull_reports(self) -> None:
         """Fold in the reports other replicas accepted since the last look."""
         ctl = self.ctl
-        rows, ctl.report_cursor = await ctl.db(ctl.store.reports_after, ctl.report_cursor, ctl.settings.replica_id)
-        for row in rows:
-            node = ctl.nodes.get(row.node_id)
-            if node is None:
-                continue
-            node.last_report_at = max(node.last_report_at or 0, row.received_at)
-            ctl.record_stored_report(node, row.body, row.window_start, row.received_at)
+        found, self._report_cursor = await ctl.db(
+            ctl.store.reports_after, self._report_cursor, ctl.leadership.writer_id
+        )
+        for report in found:
+            ctl.reports.record_stored(report)
 
     async def _recompute(self, now: float) -> None:
         ctl = self.ctl
+        state = ctl.state
         t0 = time.perf_counter()
-        regions = sorted(ctl.regions)
+        regions = sorted(state.regions)
         links_at = self._links_as_of(now)
-        links = ctl.linkbook.fold(links_at, ctl.weights.stale_after_s)
+        links = ctl.reports.linkbook.fold(links_at, ctl.weights.stale_after_s)
+        if not await self.history.tick(links, now):
+            ctl.leadership.step_down("writing link history refused: the lease is no longer ours")
+            return
         for key, link in links.items():
             if link.rtt_p50_ms == link.rtt_p50_ms and link.rtt_p50_ms < float("inf"):
-                old = ctl.baselines.get(key)
-                ctl.baselines[key] = link.rtt_p50_ms if old is None else min(old, link.rtt_p50_ms)
-        last_report = dict(ctl.region_last_report)
-        nodes_of: dict[str, list[Any]] = {}
-        for n in ctl.nodes.values():
-            nodes_of.setdefault(n.region, []).append(n)
-            if n.last_report_at:
-                last_report[n.region] = max(last_report.get(n.region, 0), n.last_report_at)
+                old = self.baselines.get(key)
+                self.baselines[key] = link.rtt_p50_ms if old is None else min(old, link.rtt_p50_ms)
+        last_report = state.last_report_by_region()
         for r in last_report:  # a restarted or new leader has not been reachable until now
             last_report[r] = max(last_report[r], self._listening_since)
+        nodes_of: dict[str, list[str]] = {}
+        for n in state.nodes.values():
+            nodes_of.setdefault(n.region, []).append(n.id)
         judged = [r for r in regions if r in nodes_of]
         policy = ctl.settings.health_policy()
-        observations = observe(judged, links, ctl.baselines, last_report, now, policy)
-        manual = {r for r, d in ctl.drains.items() if d.kind == "manual"}
-        health, events = step(ctl.health, observations, manual, policy, now)
-        if ctl.health.frozen and not health.frozen:
+        observations = observe(judged, links, self.baselines, last_report, now, policy)
+        manual = {r for r, d in state.drains.items() if d.kind == "manual"}
+        health, events = step(self.health, observations, manual, policy, now)
+        if self.health.frozen and not health.frozen:
             self._listening_since = now  # silence is counted afresh: agents reconnect one by one
-        fence = (ctl.settings.replica_id, ctl.lease_epoch)
+        fence = ctl.leadership.fence
         for ev in events:
             if ev.kind == "drain" and ev.region is not None:
                 try:
                     await ctl.db(ctl.store.set_drain, ev.region, "auto", ev.reason, "controller", now, fence)
                 except StoreError:
-                    self._step_down("lease lost while draining")
+                    ctl.leadership.step_down("lease lost while draining")
                     return
             elif ev.kind == "undrain" and ev.region is not None:
                 try:
                     await ctl.db(ctl.store.remove_drain, ev.region, ev.reason, "controller", now, fence, "auto")
                 except StoreError:
-                    self._step_down("lease lost while undraining")
+                    ctl.leadership.step_down("lease lost while undraining")
                     return
             else:
                 await ctl.db(ctl.store.add_event, now, ev.kind, ev.reason, ev.region)
             ctl.metrics.events.labels(ev.kind).inc()
-        ctl.health = health
+        self.health = health
         if events:
             await ctl.reload_config(force=True)
-        drained = frozenset(ctl.drains)
+        drained = frozenset(state.drains)
+        current = ctl.snapshot
         if health.frozen:
             # fail static: keep routing on the links as they were when reports stopped, rather
             # than letting them go stale and leaving the whole table unusable
             frozen_at = health.frozen_since if health.frozen_since is not None else now
-            links = dict(ctl.snapshot.links) or links
+            links = dict(current.links) or links
             cost, rtt = cost_matrices(regions, links, ctl.weights, frozen_at)
         else:
             cost, rtt = cost_matrices(regions, links, ctl.weights, links_at)
-        prev = ctl.snapshot.table
+        prev = current.table
         previous = prev if prev is not None and prev.regions == tuple(regions) else None
         table = compute_routes(regions, cost, rtt, drained, ctl.weights, previous)
         changed = int(changed_mask(previous, table).sum())
@@ -228,7 +277,7 @@ class ControlLoop:
                 "observers_total": o.observers_total if o else 0,
                 "bad_windows": h.bad_streak if h else 0,
                 "good_windows": h.good_streak if h else 0,
-                "reporting_nodes": sum(1 for n in nodes_of.get(rid, ()) if ctl._node_up(n, now)),
+                "reporting_nodes": sum(1 for n in nodes_of.get(rid, ()) if state.node_up(n, now)),
                 "reason": (o.reason if o else None),
             }
         alerts = [ev.reason for ev in events if ev.kind == "alert"]
@@ -238,7 +287,7 @@ class ControlLoop:
                 "measured before"
             )
         snap = Snapshot(
-            generation=ctl.snapshot.generation,
+            generation=current.generation,
             computed_at=now,
             table=table,
             cost=cost,
@@ -250,94 +299,63 @@ class ControlLoop:
             frozen=health.frozen,
             alerts=tuple(alerts),
         )
-        must_publish = (
-            changed > 0 or previous is None or drained != ctl.snapshot.drained or states != ctl.snapshot.states
-        )
-        if must_publish:
-            generation = max(ctl.snapshot.generation, await ctl.db(ctl.store.max_generation)) + 1
-            snap.generation = generation
-            ok = await ctl.db(
-                ctl.store.publish_route_table,
-                generation,
-                ctl.settings.replica_id,
-                ctl.lease_epoch,
+        must_publish = changed > 0 or previous is None or drained != current.drained or states != current.states
+        if not must_publish:
+            ctl.adopt(snap)
+            ctl.metrics.recompute_seconds.observe(time.perf_counter() - t0)
+            return
+        published = await ctl.publish(snap, now)
+        if published is None:
+            ctl.leadership.step_down("publishing refused: the lease is no longer ours")
+            return
+        if changed:
+            generation = published.generation
+            sample = [
+                {"src": a, "dst": b, "before": old, "after": new}
+                for a, b, old, new in diff_routes(previous, table, limit=20)
+            ]
+            await ctl.db(
+                ctl.store.add_event,
                 now,
-                snapshot_body(snap),
+                "route_change",
+                route_change_reason(sample, changed, generation, new_table=previous is None),
+                None,
+                None,
+                {"generation": generation, "changed": changed, "sample": sample},
             )
-            if not ok:
-                self._step_down("publishing refused: the lease is no longer ours")
-                return
-            if changed:
-                sample = [
-                    {"src": a, "dst": b, "before": old, "after": new}
-                    for a, b, old, new in diff_routes(previous, table, limit=20)
-                ]
-                await ctl.db(
-                    ctl.store.add_event,
-                    now,
-                    "route_change",
-                    f"{changed} routes changed (generation {generation})",
-                    None,
-                    None,
-                    {"generation": generation, "changed": changed, "sample": sample},
-                )
-                ctl.metrics.events.labels("route_change").inc()
-        ctl.snapshot = snap
-        ctl.metrics.route_generation.set(snap.generation)
+            ctl.metrics.events.labels("route_change").inc()
+            ctl.metrics.routes_changed.inc(changed)
         ctl.metrics.recompute_seconds.observe(time.perf_counter() - t0)
-        self._set_gauges(snap)
-        if must_publish:
-            await ctl.notify()
-
-    async def _follow(self) -> None:
-        ctl = self.ctl
-        row = await ctl.db(ctl.store.latest_route_table, ctl.snapshot.generation)
-        if row is not None:
-            ctl.load_published(row.generation, row.computed_at, row.body)
-            self._set_gauges(ctl.snapshot)
-            await ctl.notify()
-        elif ctl.snapshot.table is not None:
-            # links age in memory even without a new generation
-            pass
+        await ctl.notify()
 
     async def _heartbeat(self, now: float) -> None:
         ctl = self.ctl
         rows = await ctl.db(ctl.store.heartbeat, ctl.settings.replica_id, ctl.snapshot.generation, now)
         newest = max([r.generation for r in rows] + [ctl.snapshot.generation])
         live = [r for r in rows if now - r.seen_at <= max(5.0, 3 * ctl.settings.lease_s)]
-        ctl.replicas = [
-            s.ReplicaOut(
-                replica_id=r.replica_id,
-                is_leader=r.replica_id == ctl.leader,
-                generation=r.generation,
-                lag_generations=newest - r.generation,
-                seen_at=_dt(r.seen_at),
-            )
-            for r in live
-        ]
+        leader = ctl.leadership.leader
+        ctl.set_replicas(
+            [
+                s.ReplicaOut(
+                    replica_id=r.replica_id,
+                    is_leader=r.replica_id == leader,
+                    generation=r.generation,
+                    lag_generations=newest - r.generation,
+                    seen_at=ts(r.seen_at),
+                )
+                for r in live
+            ]
+        )
         for r in live:
             ctl.metrics.replica_lag.labels(r.replica_id).set(newest - r.generation)
 
-    def _set_gauges(self, snap: Snapshot) -> None:
-        ctl = self.ctl
-        counts = {"active": 0, "degraded": 0, "drained": 0}
-        for rid in ctl.regions:
-            counts[ctl.region_state(rid)] += 1
-        for state, n in counts.items():
-            ctl.metrics.regions.labels(state).set(n)
-        now = ctl.clock()
-        up = sum(1 for n in ctl.nodes.values() if ctl._node_up(n, now))
-        ctl.metrics.nodes.labels("true").set(up)
-        ctl.metrics.nodes.labels("false").set(len(ctl.nodes) - up)
-        ctl.metrics.frozen.set(1 if snap.frozen else 0)
 
-
-def _health_from_drains(ctl: Controller) -> HealthState:
+def health_from_drains(state: MeshState) -> HealthState:
     """After a restart or takeover: automatic drains in the store stay drained until they recover."""
-    state = initial_state(sorted(ctl.regions))
-    for rid, d in ctl.drains.items():
-        if d.kind == "auto" and rid in state.regions:
-            state.regions[rid] = RegionHealthState(
+    health = initial_state(sorted(state.regions))
+    for rid, d in state.drains.items():
+        if d.kind == "auto" and rid in health.regions:
+            health.regions[rid] = RegionHealthState(
                 state="drained",
                 auto_drained=True,
                 bad_streak=0,
@@ -346,10 +364,29 @@ def _health_from_drains(ctl: Controller) -> HealthState:
                 drained_at=d.since,
                 reason=d.reason,
             )
-    return state
+    return health
 
 
-def _dt(epoch: float) -> Any:
-    from meshctl.service.controller import ts
+def _path_text(path: list[str] | None) -> str:
+    if path is None:
+        return "unreachable"
+    return "direct" if len(path) <= 2 else "via " + ", ".join(path[1:-1])
 
-    return ts(epoch)
+
+def route_change_reason(
+    sample: list[dict[str, Any]], changed: int, generation: int, show: int = 3, new_table: bool = False
+) -> str:
+    """What changed, for people: the first `show` pairs with their new and old paths, and a count.
+
+    "aws:ap-northeast-1 -> aws:us-east-1 now via gcp:asia-northeast1 (was direct); +4 more (generation 19)"
+    (`new_table`: there was no earlier table over the same regions to compare with.)
+    """
+    parts = [
+        f"{c['src']} -> {c['dst']} now {_path_text(c['after'])} "
+        + ("(new)" if new_table else f"(was {_path_text(c['before'])})")
+        for c in sample[:show]
+    ]
+    more = changed - len(parts)
+    if more > 0:
+        parts.append(f"+{more} more")
+    return f"{'; '.join(parts) or f'{changed} routes changed'} (generation {generation})"

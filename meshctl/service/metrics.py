@@ -1,8 +1,28 @@
-"""Prometheus metrics of one controller process (own registry: several apps per process in tests)."""
+"""Prometheus metrics of one controller process (own registry: several apps per process in tests).
+
+The per-link and per-region series come from `MeshCollector`, which reads the current snapshot
+at scrape time: at 150 regions that is 22,350 series per link metric, too many to keep as
+labelled gauges updated on every tick.
+
+Times are in seconds, as Prometheus wants base units (`promtool check metrics` refuses `_ms`):
+`mesh_link_rtt_p50_seconds`, not `mesh_link_rtt_p50_ms`; Grafana shows them in ms.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
+
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from meshctl.service.snapshot import Snapshot
+
+REGION_STATES = ("active", "degraded", "drained")
+LINK_LABELS = ["src", "dst", "src_cloud", "dst_cloud"]
 
 
 class Metrics:
@@ -29,5 +49,90 @@ class Metrics:
             ["replica"],
             registry=r,
         )
+        self.routes_changed = Counter(
+            "mesh_routes_changed", "Region pairs whose route changed, over all new generations", registry=r
+        )
         self.store_up = Gauge("mesh_store_up", "1 when the database answers", registry=r)
         self.frozen = Gauge("mesh_frozen", "1 while the controller fails static", registry=r)
+        self.clock_offset = Gauge(
+            "mesh_node_clock_offset_seconds",
+            "How far a node's clock runs ahead (+) or behind (-) the controller's, as last measured",
+            ["node"],
+            registry=r,
+        )
+
+    def watch(self, mesh: MeshView) -> None:
+        """Export the per-link and per-region series of `mesh`, read at each scrape."""
+        self.registry.register(MeshCollector(mesh))
+
+
+class MeshView(Protocol):
+    """What the collector reads (the controller has these)."""
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    def region_state(self, region_id: str) -> str: ...
+
+    @property
+    def regions(self) -> Mapping[str, object]: ...
+
+
+def _cloud(region_id: str) -> str:
+    return region_id.partition(":")[0]
+
+
+class MeshCollector(Collector):
+    """Per region pair link gauges, region states and the relayed route count, from the snapshot."""
+
+    def __init__(self, mesh: MeshView) -> None:
+        self.mesh = mesh
+
+    def describe(self) -> list[Metric]:
+        return []  # not known before a scrape; registering must not call collect()
+
+    def collect(self) -> Iterator[Metric]:
+        mesh = self.mesh
+        snap = mesh.snapshot
+        now = mesh.clock()
+        p50 = GaugeMetricFamily("mesh_link_rtt_p50_seconds", "Median RTT of the region link", labels=LINK_LABELS)
+        p90 = GaugeMetricFamily(
+            "mesh_link_rtt_p90_seconds", "90th percentile RTT of the region link", labels=LINK_LABELS
+        )
+        loss = GaugeMetricFamily("mesh_link_loss_ratio", "Packet loss of the region link (0..1)", labels=LINK_LABELS)
+        jitter = GaugeMetricFamily("mesh_link_jitter_seconds", "Jitter of the region link", labels=LINK_LABELS)
+        age = GaugeMetricFamily(
+            "mesh_link_age_seconds", "Seconds since the region link was last measured", labels=LINK_LABELS
+        )
+        clouds: dict[str, str] = {}
+        for (src, dst), lk in snap.links.items():
+            sc = clouds.get(src) or clouds.setdefault(src, _cloud(src))
+            dc = clouds.get(dst) or clouds.setdefault(dst, _cloud(dst))
+            labels = [src, dst, sc, dc]
+            if math.isfinite(lk.rtt_p50_ms):  # nothing came back: no RTT (the loss says so)
+                p50.add_metric(labels, lk.rtt_p50_ms / 1000.0)
+            if math.isfinite(lk.rtt_p90_ms):
+                p90.add_metric(labels, lk.rtt_p90_ms / 1000.0)
+            if math.isfinite(lk.jitter_ms):
+                jitter.add_metric(labels, lk.jitter_ms / 1000.0)
+            loss.add_metric(labels, lk.loss_percent / 100.0)
+            age.add_metric(labels, max(0.0, now - lk.updated_at))
+        yield from (p50, p90, loss, jitter, age)
+        states = GaugeMetricFamily(
+            "mesh_region_state",
+            "1 for the state the region is in, 0 for the others",
+            labels=["region", "cloud", "state"],
+        )
+        for rid in sorted(mesh.regions):
+            current = mesh.region_state(rid)
+            for st in REGION_STATES:
+                states.add_metric([rid, _cloud(rid), st], 1.0 if st == current else 0.0)
+        yield states
+        relayed = 0
+        table = snap.table
+        if table is not None and table.relays.size:
+            relayed = int(((table.relays[..., 0] >= 0) & np.isfinite(table.cost)).sum())
+        yield GaugeMetricFamily("mesh_routes_relayed", "Routes that go through at least one relay region", relayed)

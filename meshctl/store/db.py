@@ -4,14 +4,22 @@ Synchronous SQLAlchemy 2 on purpose: the async service calls it through a worker
 one code path serves SQLite (embedded default) and PostgreSQL (psycopg 3, several replicas).
 Writes that a client is told about (drains, registrations, tokens, reports) are committed
 before the call returns.
+
+Some 1,000 lines on purpose: one class, because many writes span tables in one transaction (a
+join spends a token, allocates an address, adds the node, bumps a counter and records an event;
+a drain checks the lease fence, writes the drain and its event). Split by table, each of those
+transactions would be spread over several modules.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+import fcntl
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,35 +34,62 @@ from sqlalchemy import (
     bindparam,
     case,
     create_engine,
+    delete,
     event,
     exists,
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from meshctl.core.ipam import next_address, region_subnet
+from meshctl.store.history import LinkHistory
 from meshctl.store.models import (
     AddressRow,
     CounterRow,
     DrainRow,
     EventRow,
+    JoinPolicyRow,
     JoinTokenRow,
     LeaseRow,
+    NodeIdentityRow,
     NodeRow,
     RegionRow,
     ReplicaRow,
     ReportRow,
     RouteTableRow,
+    ServiceSecretRow,
     TokenRow,
+    UsedNonceRow,
+)
+from meshctl.store.values import (
+    Drain,
+    Event,
+    Fence,
+    JoinPolicyRecord,
+    JoinToken,
+    Lease,
+    Node,
+    PublishedTable,
+    Region,
+    Replica,
+    StoredReport,
+    Token,
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LEADER_LEASE = "controller"
 COUNTERS = ("peer_generation", "config_version")
+# PostgreSQL: the channel every writer NOTIFYs (in the writing transaction, so delivered at commit)
+# with what changed: "config", "peers", "event" or "table"
+CHANGES_CHANNEL = "meshctl_changes"
+MIGRATION_LOCK_KEY = 0x6D657368  # "mesh": pg_advisory_xact_lock key held while migrating
+
+log = logging.getLogger("meshctl.store")
 
 
 class StoreError(Exception):
@@ -69,12 +104,17 @@ class NotFound(StoreError):
     """No such row."""
 
 
-@dataclass(frozen=True)
-class Lease:
-    holder: str | None
-    epoch: int
-    acquired_at: float
-    expires_at: float
+class Exists(StoreError):
+    """A row with this key exists already."""
+
+
+class AttestedJoinRefused(StoreError):
+    """An attested join refused by what only the store knows: `rule` 'nonce' (spent), 'instance' (the
+    instance is a live node already: `node_id`) or 'cap' (the region is full)."""
+
+    def __init__(self, rule: str, message: str, node_id: str | None = None) -> None:
+        super().__init__(message)
+        self.rule, self.node_id = rule, node_id
 
 
 def make_engine(url: str) -> Engine:
@@ -105,45 +145,72 @@ def make_engine(url: str) -> Engine:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision."""
+    """Bring the schema to the newest Alembic revision, one process at a time.
+
+    Replicas starting together on an empty database take turns: on PostgreSQL under an advisory
+    lock held by the migrating transaction (released at its commit); on SQLite under a file lock
+    beside the database file. Whoever comes second finds the schema at head and does nothing.
+    """
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
+    with _file_lock(engine), engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
 
+def _file_lock(engine: Engine) -> AbstractContextManager[Any]:
+    """An exclusive lock on `<database file>.lock` (SQLite files only; otherwise nothing)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return nullcontext()
+
+    @contextmanager
+    def held() -> Iterator[None]:
+        with open(f"{database}.lock", "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    return held()
+
+
 class Store:
-    """Durable state of the mesh. Every method is one transaction."""
+    """Durable state of the mesh. Every method is one transaction; what it returns are frozen
+    values (`meshctl.store.values`), never ORM rows."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._report_sql: tuple[Any, Any] | None = None
+        self.history = LinkHistory(self)  # link_history rows (store/history.py)
 
     @property
     def backend(self) -> str:
         return self.engine.dialect.name
 
     def open(self) -> None:
-        """Migrate and make sure the fixed rows exist."""
+        """Migrate (under a database lock) and make sure the fixed rows exist.
+
+        Any number of replicas may do this at once on an empty database: the fixed rows are
+        inserted with ON CONFLICT DO NOTHING, so whoever comes second finds them there.
+        """
         migrate(self.engine)
+        ins = _dialect_insert(self.backend)
         with self._tx() as s:
-            for name in COUNTERS:
-                if s.get(CounterRow, name) is None:
-                    s.add(CounterRow(name=name, value=0))
-            if s.get(LeaseRow, LEADER_LEASE) is None:
-                s.add(LeaseRow(name=LEADER_LEASE, holder=None, epoch=0, acquired_at=0, expires_at=0))
-        # two replicas starting at once may both try the inserts above: the loser retries
-        # inside _tx via IntegrityError below.
+            s.execute(ins(CounterRow).values([{"name": n, "value": 0} for n in COUNTERS]).on_conflict_do_nothing())
+            s.execute(
+                ins(LeaseRow)
+                .values(name=LEADER_LEASE, holder=None, instance=None, epoch=0, acquired_at=0, expires_at=0)
+                .on_conflict_do_nothing()
+            )
 
     def close(self) -> None:
         self.engine.dispose()
-
-    def ping(self) -> None:
-        with self.engine.connect() as conn:
-            conn.execute(select(1))
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -153,16 +220,24 @@ class Store:
     # --- counters and events -------------------------------------------------------------
 
     @staticmethod
-    def _bump(s: Session, name: str) -> int:
+    def _notify(s: Session, what: str) -> None:
+        """PostgreSQL: tell the listening replicas at commit that `what` changed (no-op elsewhere)."""
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("SELECT pg_notify(:channel, :what)"), {"channel": CHANGES_CHANNEL, "what": what})
+
+    @classmethod
+    def _bump(cls, s: Session, name: str) -> int:
         s.execute(update(CounterRow).where(CounterRow.name == name).values(value=CounterRow.value + 1))
+        cls._notify(s, "peers" if name == "peer_generation" else "config")
         return int(s.execute(select(CounterRow.value).where(CounterRow.name == name)).scalar_one())
 
     def counters(self) -> dict[str, int]:
         with self._tx() as s:
             return {r.name: int(r.value) for r in s.scalars(select(CounterRow))}
 
-    @staticmethod
+    @classmethod
     def _event(
+        cls,
         s: Session,
         ts: float,
         kind: str,
@@ -173,6 +248,7 @@ class Store:
     ) -> EventRow:
         row = EventRow(ts=ts, kind=kind, reason=reason, region=region, node_id=node_id, data=data or {})
         s.add(row)
+        cls._notify(s, "event")
         return row
 
     def add_event(
@@ -183,11 +259,9 @@ class Store:
         region: str | None = None,
         node_id: str | None = None,
         data: dict[str, Any] | None = None,
-    ) -> EventRow:
+    ) -> None:
         with self._tx() as s:
-            row = self._event(s, ts, kind, reason, region, node_id, data)
-            s.flush()
-            return row
+            self._event(s, ts, kind, reason, region, node_id, data)
 
     def events(
         self,
@@ -196,7 +270,7 @@ class Store:
         limit: int = 100,
         region: str | None = None,
         kind: str | None = None,
-    ) -> list[EventRow]:
+    ) -> list[Event]:
         with self._tx() as s:
             q = select(EventRow)
             if since_id is not None:
@@ -208,28 +282,25 @@ class Store:
             if kind is not None:
                 q = q.where(EventRow.kind == kind)
             if since_id is None and since_ts is None:
-                rows = list(s.scalars(q.order_by(EventRow.id.desc()).limit(limit)))
-                return rows[::-1]
-            return list(s.scalars(q.order_by(EventRow.id).limit(limit)))
-
-    def last_event_id(self) -> int:
-        with self._tx() as s:
-            return int(s.execute(select(func.coalesce(func.max(EventRow.id), 0))).scalar_one())
+                rows = list(s.scalars(q.order_by(EventRow.id.desc()).limit(limit)))[::-1]
+            else:
+                rows = list(s.scalars(q.order_by(EventRow.id).limit(limit)))
+            return [Event.of(r) for r in rows]
 
     # --- regions and drains --------------------------------------------------------------
 
-    def regions(self) -> list[RegionRow]:
+    def regions(self) -> list[Region]:
         with self._tx() as s:
-            return list(s.scalars(select(RegionRow).order_by(RegionRow.id)))
+            return [Region.of(r) for r in s.scalars(select(RegionRow).order_by(RegionRow.id))]
 
-    def drains(self) -> list[DrainRow]:
+    def drains(self) -> list[Drain]:
         with self._tx() as s:
-            return list(s.scalars(select(DrainRow)))
+            return [Drain.of(r) for r in s.scalars(select(DrainRow))]
 
     def upsert_region(
         self, region_id: str, cloud: str, name: str | None, lat: float, lon: float, metro: str | None, now: float
-    ) -> tuple[RegionRow, bool]:
-        for _attempt in range(5):
+    ) -> tuple[Region, bool]:
+        for attempt in range(_RETRIES):
             try:
                 with self._tx() as s:
                     row = s.get(RegionRow, region_id)
@@ -251,14 +322,15 @@ class Store:
                     else:
                         row.cloud, row.name, row.lat, row.lon, row.metro = cloud, name, lat, lon, metro
                     self._bump(s, "config_version")
-                    return row, created
+                    s.flush()
+                    return Region.of(row), created
             except IntegrityError:
-                continue
+                _pause(attempt)
         raise StoreError(f"could not register region {region_id}: concurrent updates")
 
     def set_drain(
-        self, region: str, kind: str, reason: str, by: str | None, now: float, fence: tuple[str, int] | None = None
-    ) -> DrainRow:
+        self, region: str, kind: str, reason: str, by: str | None, now: float, fence: Fence | None = None
+    ) -> Drain:
         """Drain a region (manual, or automatic under the leader's fence) and record why."""
         with self._tx() as s:
             if fence is not None and not self._holds(s, fence, now):
@@ -271,7 +343,7 @@ class Store:
                 row.kind, row.reason, row.by = kind, reason, by
             self._event(s, now, "drain", reason, region=region, data={"kind": kind, "by": by})
             self._bump(s, "config_version")
-            return row
+            return Drain.of(row)
 
     def remove_drain(
         self,
@@ -279,7 +351,7 @@ class Store:
         reason: str,
         by: str | None,
         now: float,
-        fence: tuple[str, int] | None = None,
+        fence: Fence | None = None,
         only_kind: str | None = None,
     ) -> bool:
         with self._tx() as s:
@@ -297,7 +369,7 @@ class Store:
 
     def create_token(
         self, token_id: str, name: str, scope: str, token_hash: str, now: float, expires_at: float | None
-    ) -> TokenRow:
+    ) -> Token:
         with self._tx() as s:
             row = TokenRow(
                 id=token_id,
@@ -309,27 +381,54 @@ class Store:
                 revoked_at=None,
             )
             s.add(row)
-            return row
+            return Token.of(row)
 
-    def tokens(self, include_revoked: bool = False) -> list[TokenRow]:
+    def ensure_token(self, token_id: str, name: str, scope: str, token_hash: str, now: float) -> bool:
+        """Create a token with this hash unless one exists (replicas starting together with the
+        same MESH_ADMIN_TOKEN): True when this call created it."""
+        values = {
+            "id": token_id,
+            "name": name,
+            "scope": scope,
+            "token_hash": token_hash,
+            "created_at": now,
+            "expires_at": None,
+            "revoked_at": None,
+        }
+        stmt = _dialect_insert(self.backend)(TokenRow).values(**values).on_conflict_do_nothing()
+        with self._tx() as s:
+            return _count(s.execute(stmt)) == 1
+
+    def credential(self, token_hash: str) -> Node | Token | None:
+        """Whose secret hashes to this: a node (removed ones too: see `Node.removed_at`), an API
+        token (revoked and expired ones too), or nobody."""
+        with self._tx() as s:
+            node = s.scalars(select(NodeRow).where(NodeRow.token_hash == token_hash)).first()
+            if node is not None:
+                return Node.of(node)
+            token = s.scalars(select(TokenRow).where(TokenRow.token_hash == token_hash)).first()
+            return None if token is None else Token.of(token)
+
+    def tokens(self, include_revoked: bool = False) -> list[Token]:
         with self._tx() as s:
             q = select(TokenRow).order_by(TokenRow.created_at)
             if not include_revoked:
                 q = q.where(TokenRow.revoked_at.is_(None))
-            return list(s.scalars(q))
+            return [Token.of(r) for r in s.scalars(q)]
 
-    def token_by_hash(self, token_hash: str) -> TokenRow | None:
+    def token_by_hash(self, token_hash: str) -> Token | None:
         with self._tx() as s:
-            return s.scalars(select(TokenRow).where(TokenRow.token_hash == token_hash)).first()
+            row = s.scalars(select(TokenRow).where(TokenRow.token_hash == token_hash)).first()
+            return None if row is None else Token.of(row)
 
-    def revoke_token(self, token_id: str, now: float) -> TokenRow:
+    def revoke_token(self, token_id: str, now: float) -> Token:
         with self._tx() as s:
             row = s.get(TokenRow, token_id)
             if row is None or row.revoked_at is not None:
                 raise NotFound(token_id)
             row.revoked_at = now
             self._bump(s, "config_version")
-            return row
+            return Token.of(row)
 
     def has_admin_token(self) -> bool:
         with self._tx() as s:
@@ -340,7 +439,7 @@ class Store:
 
     def create_join_token(
         self, token_id: str, region: str, token_hash: str, now: float, ttl_s: int, uses: int
-    ) -> JoinTokenRow:
+    ) -> JoinToken:
         with self._tx() as s:
             row = JoinTokenRow(
                 id=token_id,
@@ -352,11 +451,12 @@ class Store:
                 uses_left=uses,
             )
             s.add(row)
-            return row
+            return JoinToken.of(row)
 
-    def nodes(self) -> list[NodeRow]:
+    def nodes(self) -> list[Node]:
         with self._tx() as s:
-            return list(s.scalars(select(NodeRow).where(NodeRow.removed_at.is_(None)).order_by(NodeRow.id)))
+            q = select(NodeRow).where(NodeRow.removed_at.is_(None)).order_by(NodeRow.id)
+            return [Node.of(r) for r in s.scalars(q)]
 
     def join_node(
         self,
@@ -371,9 +471,14 @@ class Store:
         now: float,
         overlay_cidr: str,
         region_prefix: int,
-    ) -> tuple[NodeRow, int]:
-        """Spend one use of the join token, allocate an address, register the node."""
-        for _attempt in range(8):
+    ) -> tuple[Node, int]:
+        """Spend one use of the join token, allocate an address, register the node.
+
+        Joins into one region take turns on the region's row (PostgreSQL: SELECT ... FOR UPDATE),
+        so two replicas never pick the same address; should anything still collide (a unique
+        address or key), the whole transaction is retried after a short random pause.
+        """
+        for attempt in range(_RETRIES):
             try:
                 with self._tx() as s:
                     spent = _count(
@@ -390,38 +495,175 @@ class Store:
                     )
                     if spent != 1:
                         raise JoinRefused("join token unknown, expired, used up, or for another region")
-                    reg = s.get(RegionRow, region)
-                    if reg is None:
-                        raise JoinRefused(f"unknown region {region}")
-                    subnet = region_subnet(overlay_cidr, reg.ordinal, region_prefix)
-                    used = s.scalars(select(AddressRow.address).where(AddressRow.region == region)).all()
-                    address = next_address(subnet, set(used))
-                    s.add(AddressRow(address=address, region=region, node_id=node_id, allocated_at=now))
-                    row = NodeRow(
-                        id=node_id,
-                        name=name,
-                        region=region,
-                        public_key=public_key,
-                        endpoint=endpoint,
-                        overlay_ip=address,
-                        token_hash=token_hash,
-                        joined_at=now,
-                        removed_at=None,
-                        last_report_at=None,
-                        last_seq=None,
-                        reports_accepted=0,
+                    return self._add_node(
+                        s, node_id, region, name, public_key, endpoint, token_hash, now, overlay_cidr, region_prefix
                     )
-                    s.add(row)
-                    gen = self._bump(s, "peer_generation")
-                    self._event(
-                        s, now, "join", f"node {name} joined {region} as {address}", region=region, node_id=node_id
-                    )
-                    return row, gen
-            except IntegrityError:
-                continue
+            except IntegrityError as exc:
+                log.info("join into %s collided (attempt %d): %s", region, attempt + 1, exc.orig)
+                _pause(attempt)
         raise StoreError("could not allocate an overlay address: concurrent joins")
 
-    def remove_node(self, node_id: str, now: float) -> tuple[NodeRow, int]:
+    @classmethod
+    def _add_node(
+        cls,
+        s: Session,
+        node_id: str,
+        region: str,
+        name: str,
+        public_key: str,
+        endpoint: str,
+        token_hash: str,
+        now: float,
+        overlay_cidr: str,
+        region_prefix: int,
+        max_nodes: int | None = None,
+    ) -> tuple[Node, int]:
+        """Allocate an address in `region` (its row locked) and add the node (at most `max_nodes` live there)."""
+        reg = s.scalars(select(RegionRow).where(RegionRow.id == region).with_for_update()).first()
+        if reg is None:
+            raise JoinRefused(f"unknown region {region}")
+        if max_nodes is not None:
+            live = s.execute(
+                select(func.count(NodeRow.id)).where(NodeRow.region == region, NodeRow.removed_at.is_(None))
+            ).scalar_one()
+            if live >= max_nodes:
+                raise AttestedJoinRefused("cap", f"{region} has {live} nodes, the most its join policy allows")
+        subnet = region_subnet(overlay_cidr, reg.ordinal, region_prefix)
+        used = s.scalars(select(AddressRow.address).where(AddressRow.region == region)).all()
+        address = next_address(subnet, set(used))
+        s.add(AddressRow(address=address, region=region, node_id=node_id, allocated_at=now))
+        row = NodeRow(
+            id=node_id,
+            name=name,
+            region=region,
+            public_key=public_key,
+            endpoint=endpoint,
+            overlay_ip=address,
+            token_hash=token_hash,
+            joined_at=now,
+            removed_at=None,
+            last_report_at=None,
+            last_seq=None,
+            reports_accepted=0,
+        )
+        s.add(row)
+        gen = cls._bump(s, "peer_generation")
+        cls._event(s, now, "join", f"node {name} joined {region} as {address}", region=region, node_id=node_id)
+        return Node.of(row), gen
+
+    # --- attested join (join policies, spent nonces, node identities) ---------------------
+
+    def join_attested(
+        self,
+        *,
+        node_id: str,
+        identity: tuple[str, str, str],
+        policy_id: str,
+        nonce: tuple[str, float] | None,
+        max_nodes: int | None,
+        region: str,
+        name: str,
+        public_key: str,
+        endpoint: str,
+        token_hash: str,
+        now: float,
+        overlay_cidr: str,
+        region_prefix: int,
+    ) -> tuple[Node, int]:
+        """Register a node whose cloud `identity` (cloud, account, instance id) was verified, in one
+        transaction: spend its `nonce` (value, expiry; refused if spent), take the identity (refused
+        while another live node holds it), check the region's cap, allocate, add.
+
+        Raises AttestedJoinRefused with rule 'nonce', 'instance' or 'cap'. A collision with a
+        concurrent join retries, and the retry sees what the other one committed.
+        """
+        cloud, account, instance_id = identity
+        for attempt in range(_RETRIES):
+            try:
+                with self._tx() as s:
+                    if nonce is not None:
+                        s.execute(delete(UsedNonceRow).where(UsedNonceRow.expires_at < now))
+                        if s.get(UsedNonceRow, nonce[0]) is not None:
+                            raise AttestedJoinRefused("nonce", "this join nonce was used already: ask for a new one")
+                        s.add(UsedNonceRow(nonce=nonce[0], expires_at=nonce[1]))
+                    held = s.scalars(
+                        select(NodeIdentityRow).where(
+                            NodeIdentityRow.cloud == cloud,
+                            NodeIdentityRow.account == account,
+                            NodeIdentityRow.instance_id == instance_id,
+                        )
+                    ).first()
+                    if held is None:
+                        s.add(
+                            NodeIdentityRow(
+                                cloud=cloud,
+                                account=account,
+                                instance_id=instance_id,
+                                node_id=node_id,
+                                policy_id=policy_id,
+                                joined_at=now,
+                            )
+                        )
+                    else:
+                        holder = s.get(NodeRow, held.node_id)
+                        if holder is not None and holder.removed_at is None:
+                            same = "with this key" if holder.public_key == public_key else "with another key"
+                            raise AttestedJoinRefused(
+                                "instance",
+                                f"{cloud} instance {instance_id} already joined {same} as node {holder.id}:"
+                                " remove that node to join again",
+                                holder.id,
+                            )
+                        held.node_id, held.policy_id, held.joined_at = node_id, policy_id, now
+                    return self._add_node(
+                        s,
+                        node_id,
+                        region,
+                        name,
+                        public_key,
+                        endpoint,
+                        token_hash,
+                        now,
+                        overlay_cidr,
+                        region_prefix,
+                        max_nodes,
+                    )
+            except IntegrityError as exc:
+                log.info("attested join into %s collided (attempt %d): %s", region, attempt + 1, exc.orig)
+                _pause(attempt)
+        raise StoreError("could not register the node: concurrent joins")
+
+    def join_policies(self) -> list[JoinPolicyRecord]:
+        with self._tx() as s:
+            return [JoinPolicyRecord.of(r) for r in s.scalars(select(JoinPolicyRow).order_by(JoinPolicyRow.id))]
+
+    def add_join_policy(self, policy_id: str, cloud: str, spec: dict[str, Any], now: float) -> JoinPolicyRecord:
+        """Add a policy; Exists when the id is taken."""
+        try:
+            with self._tx() as s:
+                row = JoinPolicyRow(id=policy_id, cloud=cloud, spec=spec, created_at=now)
+                s.add(row)
+                s.flush()
+                return JoinPolicyRecord.of(row)
+        except IntegrityError as exc:
+            raise Exists(policy_id) from exc
+
+    def delete_join_policy(self, policy_id: str) -> JoinPolicyRecord:
+        with self._tx() as s:
+            row = s.get(JoinPolicyRow, policy_id)
+            if row is None:
+                raise NotFound(policy_id)
+            s.delete(row)
+            return JoinPolicyRecord.of(row)
+
+    def shared_secret(self, name: str, make: Callable[[], str], now: float) -> str:
+        """The secret `name` every replica shares: made by `make()` by whoever asks first (ON CONFLICT)."""
+        stmt = _dialect_insert(self.backend)(ServiceSecretRow).values(name=name, value=make(), created_at=now)
+        with self._tx() as s:
+            s.execute(stmt.on_conflict_do_nothing())
+            return str(s.execute(select(ServiceSecretRow.value).where(ServiceSecretRow.name == name)).scalar_one())
+
+    def remove_node(self, node_id: str, now: float) -> tuple[Node, int]:
         with self._tx() as s:
             row = s.get(NodeRow, node_id)
             if row is None or row.removed_at is not None:
@@ -429,11 +671,11 @@ class Store:
             row.removed_at = now
             gen = self._bump(s, "peer_generation")
             self._event(s, now, "leave", f"node {row.name} removed", region=row.region, node_id=node_id)
-            return row, gen
+            return Node.of(row), gen
 
     def update_node(
         self, node_id: str, now: float, public_key: str | None = None, endpoint: str | None = None
-    ) -> tuple[NodeRow, int]:
+    ) -> tuple[Node, int]:
         with self._tx() as s:
             row = s.get(NodeRow, node_id)
             if row is None or row.removed_at is not None:
@@ -446,7 +688,7 @@ class Store:
             if endpoint is not None:
                 row.endpoint = endpoint
             gen = self._bump(s, "peer_generation")
-            return row, gen
+            return Node.of(row), gen
 
     # --- reports -------------------------------------------------------------------------
 
@@ -510,7 +752,7 @@ class Store:
 
     def reports_after(
         self, after_id: int, exclude_replica: str | None, limit: int = 5000
-    ) -> tuple[list[ReportRow], int]:
+    ) -> tuple[list[StoredReport], int]:
         """Reports newer than a cursor (from other replicas), and the new cursor.
 
         The cursor moves past our own rows too, so each call reads only what is new.
@@ -521,43 +763,49 @@ class Store:
             q = select(ReportRow).where(ReportRow.id > after_id, ReportRow.id <= upto).order_by(ReportRow.id)
             if exclude_replica is not None:
                 q = q.where(ReportRow.replica_id != exclude_replica)
-            return list(s.scalars(q)), max(after_id, upto)
+            return [StoredReport.of(r) for r in s.scalars(q)], max(after_id, upto)
 
     def max_report_id(self) -> int:
         with self._tx() as s:
             return int(s.execute(select(func.coalesce(func.max(ReportRow.id), 0))).scalar_one())
 
-    def recent_reports(self, since: float) -> list[ReportRow]:
+    def recent_reports(self, since: float) -> list[StoredReport]:
         with self._tx() as s:
-            return list(s.scalars(select(ReportRow).where(ReportRow.received_at >= since).order_by(ReportRow.id)))
+            q = select(ReportRow).where(ReportRow.received_at >= since).order_by(ReportRow.id)
+            return [StoredReport.of(r) for r in s.scalars(q)]
 
     def prune_reports(self, before: float) -> int:
         with self._tx() as s:
-            from sqlalchemy import delete
-
             return _count(s.execute(delete(ReportRow).where(ReportRow.received_at < before)))
 
     # --- leadership and published route tables ------------------------------------------
 
     @staticmethod
-    def _holds(s: Session, fence: tuple[str, int], now: float) -> bool:
-        holder, epoch = fence
+    def _holds(s: Session, fence: Fence, now: float) -> bool:
         row = s.execute(select(LeaseRow).where(LeaseRow.name == LEADER_LEASE).with_for_update()).scalar_one()
-        return row.holder == holder and row.epoch == epoch and row.expires_at > now
+        return (
+            row.holder == fence.holder
+            and row.instance == fence.instance
+            and row.epoch == fence.epoch
+            and row.expires_at > now
+        )
 
-    def lease(self) -> Lease:
-        with self._tx() as s:
-            row = s.get(LeaseRow, LEADER_LEASE)
-            assert row is not None
-            return Lease(row.holder, int(row.epoch), row.acquired_at, row.expires_at)
+    def acquire_or_renew(self, holder: str, instance: str, now: float, lease_s: float) -> Lease:
+        """Renew our lease, or take it when it has lapsed; one conditional UPDATE each.
 
-    def acquire_or_renew(self, holder: str, now: float, lease_s: float) -> Lease:
-        """Renew our lease, or take it when it has lapsed; one conditional UPDATE each."""
+        Renewal needs the same replica id AND process instance; every acquisition (even by the
+        previous holder, after a lapse) takes the next epoch, so no two holders share an epoch.
+        """
         with self._tx() as s:
             renewed = _count(
                 s.execute(
                     update(LeaseRow)
-                    .where(LeaseRow.name == LEADER_LEASE, LeaseRow.holder == holder, LeaseRow.expires_at > now)
+                    .where(
+                        LeaseRow.name == LEADER_LEASE,
+                        LeaseRow.holder == holder,
+                        LeaseRow.instance == instance,
+                        LeaseRow.expires_at > now,
+                    )
                     .values(expires_at=now + lease_s)
                 )
             )
@@ -565,25 +813,41 @@ class Store:
                 s.execute(
                     update(LeaseRow)
                     .where(LeaseRow.name == LEADER_LEASE, LeaseRow.expires_at <= now)
-                    .values(holder=holder, epoch=LeaseRow.epoch + 1, acquired_at=now, expires_at=now + lease_s)
+                    .values(
+                        holder=holder,
+                        instance=instance,
+                        epoch=LeaseRow.epoch + 1,
+                        acquired_at=now,
+                        expires_at=now + lease_s,
+                    )
                 )
             row = s.get(LeaseRow, LEADER_LEASE)
             assert row is not None
             s.refresh(row)
-            return Lease(row.holder, int(row.epoch), row.acquired_at, row.expires_at)
+            return Lease(row.holder, row.instance, int(row.epoch), row.acquired_at, row.expires_at)
 
-    def release(self, holder: str, epoch: int) -> None:
+    def release(self, fence: Fence) -> None:
         with self._tx() as s:
             s.execute(
                 update(LeaseRow)
-                .where(LeaseRow.name == LEADER_LEASE, LeaseRow.holder == holder, LeaseRow.epoch == epoch)
+                .where(
+                    LeaseRow.name == LEADER_LEASE,
+                    LeaseRow.holder == fence.holder,
+                    LeaseRow.instance == fence.instance,
+                    LeaseRow.epoch == fence.epoch,
+                )
                 .values(expires_at=0)
             )
 
-    def publish_route_table(self, generation: int, holder: str, epoch: int, now: float, body: dict[str, Any]) -> bool:
-        """Insert the table only if we still hold the lease (checked in the same statement)."""
+    def publish_route_table(self, generation: int, fence: Fence, now: float, body: dict[str, Any]) -> bool:
+        """Insert the table only if we still hold the lease: replica id, process instance and
+        epoch, unexpired, checked in the same statement. Followers are told at commit (NOTIFY)."""
         lease_ok = select(LeaseRow.name).where(
-            LeaseRow.name == LEADER_LEASE, LeaseRow.holder == holder, LeaseRow.epoch == epoch, LeaseRow.expires_at > now
+            LeaseRow.name == LEADER_LEASE,
+            LeaseRow.holder == fence.holder,
+            LeaseRow.instance == fence.instance,
+            LeaseRow.epoch == fence.epoch,
+            LeaseRow.expires_at > now,
         )
         try:
             with self._tx() as s:
@@ -591,62 +855,98 @@ class Store:
                 stmt = (
                     insert(RouteTableRow)
                     .from_select(
-                        ["generation", "epoch", "holder", "computed_at", "body"],
+                        ["generation", "epoch", "holder", "instance", "computed_at", "body"],
                         select(
                             _literal(generation),
-                            _literal(epoch),
-                            _literal(holder),
+                            _literal(fence.epoch),
+                            _literal(fence.holder),
+                            _literal(fence.instance),
                             _literal(now),
                             _json_literal(body),
                         ).where(exists(lease_ok)),
                     )
                     .returning(RouteTableRow.generation)
                 )
-                return s.execute(stmt).first() is not None
+                published = s.execute(stmt).first() is not None
+                if published:
+                    self._notify(s, "table")
+                return published
         except IntegrityError:
             return False
 
-    def latest_route_table(self, newer_than: int = -1) -> RouteTableRow | None:
+    def latest_route_table(self, newer_than: int = -1) -> PublishedTable | None:
         with self._tx() as s:
-            return s.scalars(
+            row = s.scalars(
                 select(RouteTableRow)
                 .where(RouteTableRow.generation > newer_than)
                 .order_by(RouteTableRow.generation.desc())
                 .limit(1)
             ).first()
+            return None if row is None else PublishedTable.of(row)
 
     def max_generation(self) -> int:
         with self._tx() as s:
             return int(s.execute(select(func.coalesce(func.max(RouteTableRow.generation), 0))).scalar_one())
 
-    def generations(self, since: int = 0) -> list[int]:
-        with self._tx() as s:
-            return [
-                int(g)
-                for g in s.scalars(
-                    select(RouteTableRow.generation)
-                    .where(RouteTableRow.generation > since)
-                    .order_by(RouteTableRow.generation)
-                )
-            ]
-
     def prune_route_tables(self, keep: int = 50) -> None:
         with self._tx() as s:
-            from sqlalchemy import delete
-
             top = s.execute(select(func.max(RouteTableRow.generation))).scalar()
             if top is not None:
                 s.execute(delete(RouteTableRow).where(RouteTableRow.generation <= top - keep))
 
-    def heartbeat(self, replica_id: str, generation: int, now: float) -> list[ReplicaRow]:
+    def heartbeat(self, replica_id: str, generation: int, now: float) -> list[Replica]:
+        with self._tx() as s:
+            s.execute(
+                _dialect_insert(self.backend)(ReplicaRow)
+                .values(replica_id=replica_id, generation=generation, seen_at=now)
+                .on_conflict_do_update(index_elements=["replica_id"], set_={"generation": generation, "seen_at": now})
+            )
+            return [Replica.of(r) for r in s.scalars(select(ReplicaRow).order_by(ReplicaRow.replica_id))]
+
+    def replica_seen(self, replica_id: str) -> float | None:
+        """When a replica with this id last sent a heartbeat (None: never, or it said goodbye)."""
         with self._tx() as s:
             row = s.get(ReplicaRow, replica_id)
-            if row is None:
-                s.add(ReplicaRow(replica_id=replica_id, generation=generation, seen_at=now))
-            else:
-                row.generation, row.seen_at = generation, now
-            s.flush()
-            return list(s.scalars(select(ReplicaRow).order_by(ReplicaRow.replica_id)))
+            return None if row is None else row.seen_at
+
+    def forget_replica(self, replica_id: str) -> None:
+        """A replica stops cleanly: its heartbeat row goes, so its id is free at once."""
+        with self._tx() as s:
+            s.execute(delete(ReplicaRow).where(ReplicaRow.replica_id == replica_id))
+
+    def prune_replicas(self, before: float) -> int:
+        """Heartbeat rows of replicas gone since `before` (default ids are new at every start)."""
+        with self._tx() as s:
+            return _count(s.execute(delete(ReplicaRow).where(ReplicaRow.seen_at < before)))
+
+    # --- PostgreSQL LISTEN ---------------------------------------------------------------
+
+    def listen(self, on_change: Callable[[str], None], stop: threading.Event, on_up: Callable[[bool], None]) -> None:
+        """Block until `stop` is set, calling `on_change(what)` for every NOTIFY on the changes
+        channel, on a dedicated connection (PostgreSQL only); reconnects after a failure.
+
+        `on_up(True)` when listening (and after every reconnect: changes may have been missed),
+        `on_up(False)` when the connection is lost. Runs in its own thread.
+        """
+        import psycopg
+
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        pause = 0.5
+        while not stop.is_set():
+            try:
+                with psycopg.connect(url, autocommit=True, connect_timeout=3) as conn:
+                    conn.execute(f"LISTEN {CHANGES_CHANNEL}")
+                    on_up(True)
+                    pause = 0.5
+                    while not stop.is_set():
+                        for n in conn.notifies(timeout=1.0):
+                            on_change(n.payload)
+                        conn.execute("SELECT 1")  # notice a dead connection between notifications
+            except Exception as exc:
+                log.debug("listen: %s", exc)
+            on_up(False)
+            stop.wait(pause)
+            pause = min(5.0, pause * 2)
 
 
 def _literal(value: Any) -> Any:
@@ -661,9 +961,12 @@ def _json_literal(body: dict[str, Any]) -> Any:
     return literal(body, type_=JSON)
 
 
-def addresses_in(subnet: str) -> Iterable[str]:
-    """All host addresses of a subnet (for tests and diagnostics)."""
-    return (str(a) for a in ipaddress.ip_network(subnet).hosts())
+_RETRIES = 20
+
+
+def _pause(attempt: int) -> None:
+    """A short random pause before retrying a transaction that collided with another."""
+    time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
 
 
 def _dialect_insert(backend: str) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -122,12 +122,13 @@ class CounterRow(Base):
 
 
 class LeaseRow(Base):
-    """Leadership: one row per lease; epoch grows on every change of holder (fencing)."""
+    """Leadership: one row per lease; epoch grows on every acquisition (fencing)."""
 
     __tablename__ = "leases"
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     holder: Mapped[str | None] = mapped_column(String(64))
+    instance: Mapped[str | None] = mapped_column(String(32), doc="the holder's process instance (fencing)")
     epoch: Mapped[int] = mapped_column(BigInteger)
     acquired_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
@@ -141,6 +142,7 @@ class RouteTableRow(Base):
     generation: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     epoch: Mapped[int] = mapped_column(BigInteger)
     holder: Mapped[str] = mapped_column(String(64))
+    instance: Mapped[str | None] = mapped_column(String(32))
     computed_at: Mapped[float] = mapped_column(Float)
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
 
@@ -151,3 +153,76 @@ class ReplicaRow(Base):
     replica_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     generation: Mapped[int] = mapped_column(BigInteger)
     seen_at: Mapped[float] = mapped_column(Float)
+
+
+class LinkHistoryRow(Base):
+    """One rollup of a directed region pair over one bucket (`step` seconds from `bucket_start`).
+
+    RTT figures are over the per-window link medians of the bucket (see service/history.py);
+    NULL when every window of the bucket was lost. Pruned by age: minutes after a day, hours
+    after 30 days.
+    """
+
+    __tablename__ = "link_history"
+    __table_args__ = (Index("ix_link_history_step_bucket", "step", "bucket_start"),)
+
+    src: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dst: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    rtt_min_ms: Mapped[float | None] = mapped_column(Float)
+    rtt_p50_ms: Mapped[float | None] = mapped_column(Float)
+    rtt_p90_ms: Mapped[float | None] = mapped_column(Float)
+    rtt_max_ms: Mapped[float | None] = mapped_column(Float)
+    loss_percent: Mapped[float] = mapped_column(Float)
+    jitter_ms: Mapped[float | None] = mapped_column(Float)
+    samples: Mapped[int] = mapped_column(Integer)
+
+
+# --- attested join (migration 0004) --------------------------------------------------------
+
+
+class JoinPolicyRow(Base):
+    """A join policy: `spec` is its body as given (meshctl.attest.JoinPolicy's fields)."""
+
+    __tablename__ = "join_policies"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cloud: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class UsedNonceRow(Base):
+    """A join nonce spent by a successful join, kept until it expires: a replay is refused."""
+
+    __tablename__ = "used_join_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class NodeIdentityRow(Base):
+    """The cloud identity a node joined with: one row per (cloud, account, instance id), pointing at
+    the node that holds it; taken over only once that node was removed."""
+
+    __tablename__ = "node_identities"
+    __table_args__ = (UniqueConstraint("cloud", "account", "instance_id", name="uq_node_identities_instance"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    cloud: Mapped[str] = mapped_column(String(32))
+    account: Mapped[str] = mapped_column(String(128))
+    instance_id: Mapped[str] = mapped_column(String(128))
+    node_id: Mapped[str] = mapped_column(String(32), index=True)
+    policy_id: Mapped[str] = mapped_column(String(64))
+    joined_at: Mapped[float] = mapped_column(Float)
+
+
+class ServiceSecretRow(Base):
+    """Secrets every replica shares (the join nonce key), made once by whoever starts first."""
+
+    __tablename__ = "service_secrets"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(Float)

@@ -1,15 +1,37 @@
-"""Azure: a resource group, a virtual network, an NSG (WireGuard, media, SSH from admins only),
-Standard static public IPs and Linux VMs with cloud-init in custom_data."""
+"""Azure: a resource group, a virtual network, an NSG (WireGuard, media, SSH from admins only; one
+address family per rule), and per region a node pool: a Flexible VM scale set over zones 1-3
+(Canonical's Ubuntu 24.04 LTS image for the size's architecture, SSH key only, the NSG on the
+NIC configuration, a Standard public IP per VM from a protected prefix, OS disk, NIC and IP
+deleted with the VM, cloud-init in custom_data), an optional spot share above a regular base
+(priority mix), rolling upgrades gated by the Application Health extension, automatic repairs,
+and an autoscale setting when minNodes/maxNodes differ from nodes."""
 
 from __future__ import annotations
 
 import base64
+import math
+import re
+from typing import Any, Literal
 
 import pulumi
 from pulumi_azure_native import compute, network, resources
 
 from meshstack.base import CloudProvider
-from meshstack.model import RegionSpec, StackSettings, firewall_rules, node_name, tags
+from meshstack.model import (
+    CONFIG_NAMESPACE,
+    RegionSpec,
+    StackConfigError,
+    StackSettings,
+    firewall_rules,
+    pool_bounds,
+    pool_name,
+    tags,
+)
+
+# Canonical's image reference for Ubuntu 24.04 LTS (Python 3.12): sku server (gen2) or server-arm64
+UBUNTU_PUBLISHER, UBUNTU_OFFER = "Canonical", "ubuntu-24_04-lts"
+ADMIN_USER = "meshadmin"
+SSH_KEY = re.compile(r"^(ssh-rsa|ssh-ed25519) [A-Za-z0-9+/]+=*( \S.*)?$")
 
 REGIONS = frozenset(
     {
@@ -47,6 +69,57 @@ REGIONS = frozenset(
     }
 )
 CUSTOM_DATA_LIMIT = 65_535
+ZONES = ("1", "2", "3")
+# regions of REGIONS without availability zones: a pool there could not span two zones
+NO_ZONES = frozenset({"westus", "northcentralus", "australiasoutheast"})
+HEALTH_PORT = 9464  # the agent's /metrics on 127.0.0.1 (the Application Health extension probes locally)
+COMPUTER_NAME_PREFIX = 58  # Linux host names: 64 characters, the scale set appends 6
+MIN_PREFIX_LENGTH = 28  # Azure's largest public IP prefix without a quota request: /28 (16 addresses)
+
+
+def architecture(vm_size: str) -> Literal["amd64", "arm64"]:
+    """Arm64 (Ampere, Cobalt) sizes carry a 'p' among their feature letters: Standard_D4ps_v5, _B2pls_v2."""
+    m = re.match(r"^Standard_[A-Z]+\d+([a-z]*)_v\d+$", vm_size)
+    return "arm64" if m and "p" in m.group(1) else "amd64"
+
+
+def image_reference(settings: StackSettings, spec: RegionSpec, vm_size: str) -> compute.ImageReferenceArgs:
+    explicit = spec.image or settings.image
+    if explicit is None:
+        sku = "server-arm64" if architecture(vm_size) == "arm64" else "server"
+        return compute.ImageReferenceArgs(publisher=UBUNTU_PUBLISHER, offer=UBUNTU_OFFER, sku=sku, version="latest")
+    parts = explicit.split(":")
+    if len(parts) != 4:
+        raise StackConfigError(f"{CONFIG_NAMESPACE}:mesh.image: Azure images are publisher:offer:sku:version")
+    return compute.ImageReferenceArgs(publisher=parts[0], offer=parts[1], sku=parts[2], version=parts[3])
+
+
+def check(settings: StackSettings) -> None:
+    """A Linux VM with passwords disabled needs an SSH key: Azure refuses it otherwise."""
+    key = settings.admin_ssh_public_key
+    where = f"{CONFIG_NAMESPACE}:mesh.adminSshPublicKey"
+    if not key:
+        raise StackConfigError(
+            f"{where}: missing; Azure VMs have passwords disabled and need an SSH public key "
+            "(ssh-ed25519 or ssh-rsa, one line, e.g. the content of ~/.ssh/id_ed25519.pub)"
+        )
+    if not SSH_KEY.match(key.strip()):
+        raise StackConfigError(f"{where}: not an OpenSSH public key line (ssh-ed25519 AAAA... or ssh-rsa AAAA...)")
+    for i, spec in enumerate(settings.regions):
+        if spec.region.split(":", 1)[1] in NO_ZONES:
+            raise StackConfigError(
+                f"{CONFIG_NAMESPACE}:mesh.regions[{i}].region: {spec.region} has no availability zones; "
+                "a node pool spans at least two"
+            )
+        if settings.static_addresses and pool_bounds(spec)[1] > 2 ** (32 - MIN_PREFIX_LENGTH):
+            raise StackConfigError(
+                f"{CONFIG_NAMESPACE}:mesh.regions[{i}].maxNodes: at most {2 ** (32 - MIN_PREFIX_LENGTH)} nodes "
+                "take their addresses from one public IP prefix (staticAddresses)"
+            )
+        if (spec.image or settings.image or "a:b:c:d").count(":") != 3:
+            raise StackConfigError(
+                f"{CONFIG_NAMESPACE}:mesh.regions[{i}].image: Azure images are publisher:offer:sku:version"
+            )
 
 
 def _custom_data(text: str) -> str:
@@ -66,8 +139,10 @@ class AzureMediaRegion(pulumi.ComponentResource):
         spec: RegionSpec,
         user_data: pulumi.Output[str],
         opts: pulumi.ResourceOptions | None = None,
+        shared: Any = None,
     ) -> None:
         super().__init__("meshctl:azure:MediaRegion", name, None, opts)
+        check(settings)
         location = spec.region.split(":", 1)[1]
         t = tags(settings, spec.region)
         child = pulumi.ResourceOptions(parent=self)
@@ -99,7 +174,7 @@ class AzureMediaRegion(pulumi.ComponentResource):
             location=location,
             address_space=network.AddressSpaceArgs(address_prefixes=["10.64.0.0/16"]),
             tags=t,
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, protect=True),  # `pulumi state unprotect` to delete it
         )
         subnet = network.Subnet(
             f"{name}-subnet",
@@ -109,75 +184,182 @@ class AzureMediaRegion(pulumi.ComponentResource):
             network_security_group=network.NetworkSecurityGroupArgs(id=nsg.id),
             opts=child,
         )
-        image = (spec.image or settings.image).split(":")
-        if len(image) != 4:
-            raise ValueError("meshctl-stacks:mesh.image: Azure images are publisher:offer:sku:version")
-        self.nodes = []
-        for i in range(spec.nodes):
-            node = node_name(settings, spec.region, i)
-            ip = network.PublicIPAddress(
-                f"{node}-ip",
-                resource_group_name=rg.name,
-                location=location,
-                sku=network.PublicIPAddressSkuArgs(name="Standard"),
-                public_ip_allocation_method="Static",
-                tags=t,
-                opts=child,
-            )
-            nic = network.NetworkInterface(
-                f"{node}-nic",
-                resource_group_name=rg.name,
-                location=location,
-                tags=t,
-                network_security_group=network.NetworkSecurityGroupArgs(id=nsg.id),
-                ip_configurations=[
-                    network.NetworkInterfaceIPConfigurationArgs(
-                        name="primary",
-                        subnet=network.SubnetArgs(id=subnet.id),
-                        public_ip_address=network.PublicIPAddressArgs(id=ip.id),
-                    )
-                ],
-                opts=child,
-            )
-            ssh = (
-                compute.SshConfigurationArgs(
-                    public_keys=[
-                        compute.SshPublicKeyArgs(
-                            path="/home/meshadmin/.ssh/authorized_keys", key_data=settings.admin_ssh_key
-                        )
-                    ]
+        vm_size = spec.instance_type or settings.instance_type
+        image = image_reference(settings, spec, vm_size)
+        ssh = compute.SshConfigurationArgs(
+            public_keys=[
+                compute.SshPublicKeyArgs(
+                    path=f"/home/{ADMIN_USER}/.ssh/authorized_keys",
+                    key_data=(settings.admin_ssh_public_key or "").strip(),
                 )
-                if settings.admin_ssh_key
-                else None
-            )
-            compute.VirtualMachine(
-                node,
+            ]
+        )
+        pool = pool_name(settings, spec.region)
+        low, high = pool_bounds(spec)
+        public_ip = compute.VirtualMachineScaleSetPublicIPAddressConfigurationArgs(
+            name="public",
+            sku=compute.PublicIPAddressSkuArgs(name="Standard", tier="Regional"),
+            delete_option="Delete",
+        )
+        if settings.static_addresses:
+            # the nodes' addresses come from a protected prefix of this region: a fixed, known range
+            prefix = network.PublicIPPrefix(
+                f"{name}-ip-prefix",
                 resource_group_name=rg.name,
                 location=location,
+                prefix_length=prefix_length(high),
+                public_ip_address_version="IPv4",
+                sku=network.PublicIPPrefixSkuArgs(name="Standard", tier="Regional"),
+                zones=list(ZONES),
                 tags=t,
-                hardware_profile=compute.HardwareProfileArgs(vm_size=spec.instance_type or settings.instance_type),
-                network_profile=compute.NetworkProfileArgs(
-                    network_interfaces=[compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True)]
+                opts=pulumi.ResourceOptions(parent=self, protect=True),
+            )
+            public_ip.public_ip_prefix = compute.SubResourceArgs(id=prefix.id)
+        spot = spec.spot_percent > 0
+        vmss = compute.VirtualMachineScaleSet(
+            f"{name}-vmss",
+            vm_scale_set_name=pool,
+            resource_group_name=rg.name,
+            location=location,
+            orchestration_mode="Flexible",
+            platform_fault_domain_count=1,  # spread by zones
+            zones=list(ZONES),
+            zone_balance=True,
+            sku=compute.SkuArgs(name=vm_size, tier="Standard", capacity=spec.nodes),
+            priority_mix_policy=compute.PriorityMixPolicyArgs(
+                base_regular_priority_count=spec.on_demand_base,
+                regular_priority_percentage_above_base=100 - spec.spot_percent,
+            )
+            if spot
+            else None,
+            # rolling replacement when the model changes; the Application Health extension tells
+            # Azure a node is up (the agent's /metrics on 127.0.0.1), automatic repairs heal it
+            upgrade_policy=compute.UpgradePolicyArgs(
+                mode=compute.UpgradeMode.ROLLING,
+                rolling_upgrade_policy=compute.RollingUpgradePolicyArgs(
+                    max_batch_instance_percent=34,
+                    max_unhealthy_instance_percent=34,
+                    max_unhealthy_upgraded_instance_percent=34,
+                    pause_time_between_batches="PT0S",
+                    max_surge=True,
                 ),
-                os_profile=compute.OSProfileArgs(
-                    computer_name=node[:63],
-                    admin_username="meshadmin",
+            ),
+            automatic_repairs_policy=compute.AutomaticRepairsPolicyArgs(enabled=True, grace_period="PT30M"),
+            virtual_machine_profile=compute.VirtualMachineScaleSetVMProfileArgs(
+                priority="Spot" if spot else None,
+                eviction_policy="Delete" if spot else None,
+                billing_profile=compute.BillingProfileArgs(max_price=-1) if spot else None,
+                os_profile=compute.VirtualMachineScaleSetOSProfileArgs(
+                    computer_name_prefix=pool[:COMPUTER_NAME_PREFIX],
+                    admin_username=ADMIN_USER,
                     custom_data=user_data.apply(_custom_data),
                     linux_configuration=compute.LinuxConfigurationArgs(disable_password_authentication=True, ssh=ssh),
                 ),
-                storage_profile=compute.StorageProfileArgs(
-                    image_reference=compute.ImageReferenceArgs(
-                        publisher=image[0], offer=image[1], sku=image[2], version=image[3]
-                    ),
-                    os_disk=compute.OSDiskArgs(
+                storage_profile=compute.VirtualMachineScaleSetStorageProfileArgs(
+                    image_reference=image,
+                    os_disk=compute.VirtualMachineScaleSetOSDiskArgs(
                         create_option="FromImage",
-                        managed_disk=compute.ManagedDiskParametersArgs(storage_account_type="Premium_LRS"),
+                        delete_option="Delete",
+                        managed_disk=compute.VirtualMachineScaleSetManagedDiskParametersArgs(
+                            storage_account_type="Premium_LRS"
+                        ),
                     ),
                 ),
+                network_profile=compute.VirtualMachineScaleSetNetworkProfileArgs(
+                    network_api_version="2020-11-01",  # Flexible: the scale set creates each VM's NIC
+                    network_interface_configurations=[
+                        compute.VirtualMachineScaleSetNetworkConfigurationArgs(
+                            name="nic",
+                            primary=True,
+                            delete_option="Delete",
+                            network_security_group=compute.SubResourceArgs(id=nsg.id),
+                            ip_configurations=[
+                                compute.VirtualMachineScaleSetIPConfigurationArgs(
+                                    name="primary",
+                                    primary=True,
+                                    subnet=compute.ApiEntityReferenceArgs(id=subnet.id),
+                                    public_ip_address_configuration=public_ip,
+                                )
+                            ],
+                        )
+                    ],
+                ),
+                extension_profile=compute.VirtualMachineScaleSetExtensionProfileArgs(
+                    extensions=[
+                        compute.VirtualMachineScaleSetExtensionArgs(
+                            name="health",
+                            publisher="Microsoft.ManagedServices",
+                            type="ApplicationHealthLinux",
+                            type_handler_version="2.0",
+                            auto_upgrade_minor_version=True,
+                            settings={"protocol": "http", "port": HEALTH_PORT, "requestPath": "/metrics"},
+                        )
+                    ]
+                ),
+            ),
+            tags=t,
+            opts=child,
+        )
+        if (low, high) != (spec.nodes, spec.nodes):
+            from pulumi_azure_native import monitor  # only when the pool scales (import costs ~1 s)
+
+            def cpu_rule(
+                operator: monitor.ComparisonOperationType, threshold: float, direction: monitor.ScaleDirection
+            ) -> monitor.ScaleRuleArgs:
+                return monitor.ScaleRuleArgs(
+                    metric_trigger=monitor.MetricTriggerArgs(
+                        metric_name="Percentage CPU",
+                        metric_resource_uri=vmss.id,
+                        operator=operator,
+                        statistic=monitor.MetricStatisticType.AVERAGE,
+                        threshold=threshold,
+                        time_aggregation=monitor.TimeAggregationType.AVERAGE,
+                        time_grain="PT1M",
+                        time_window="PT10M",
+                    ),
+                    scale_action=monitor.ScaleActionArgs(
+                        direction=direction, type=monitor.ScaleType.CHANGE_COUNT, value="1", cooldown="PT5M"
+                    ),
+                )
+
+            monitor.AutoscaleSetting(
+                f"{name}-autoscale",
+                resource_group_name=rg.name,
+                location=location,
+                target_resource_uri=vmss.id,
+                enabled=True,
+                profiles=[
+                    monitor.AutoscaleProfileArgs(
+                        name="cpu",
+                        capacity=monitor.ScaleCapacityArgs(
+                            minimum=str(low), maximum=str(high), default=str(spec.nodes)
+                        ),
+                        rules=[
+                            cpu_rule(monitor.ComparisonOperationType.GREATER_THAN, 60, monitor.ScaleDirection.INCREASE),
+                            cpu_rule(monitor.ComparisonOperationType.LESS_THAN, 20, monitor.ScaleDirection.DECREASE),
+                        ],
+                    )
+                ],
+                tags=t,
                 opts=child,
             )
-            self.nodes.append({"name": node, "region": spec.region, "public_ip": ip.ip_address})
-        self.register_outputs({"nodes": self.nodes})
+        self.pools = [
+            {
+                "region": spec.region,
+                "pool": vmss.name,
+                "minNodes": low,
+                "maxNodes": high,
+                "nodes": spec.nodes,
+                "spotPercent": spec.spot_percent,
+                "zones": list(ZONES),
+            }
+        ]
+        self.register_outputs({"pools": self.pools})
 
 
-PROVIDER = CloudProvider(name="azure", regions=REGIONS, component=AzureMediaRegion)
+def prefix_length(addresses: int) -> int:
+    """The smallest public IP prefix (/31 .. /28) with room for `addresses` nodes."""
+    return max(MIN_PREFIX_LENGTH, 32 - max(1, math.ceil(math.log2(max(addresses, 1)))))
+
+
+PROVIDER = CloudProvider(name="azure", regions=REGIONS, component=AzureMediaRegion, check=check)

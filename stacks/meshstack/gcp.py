@@ -1,58 +1,143 @@
-"""GCP: a network, a subnetwork, firewall rules on the node tag, and instances."""
+"""GCP: one global VPC network with its firewall rules on the node tag (VPCs and firewalls are
+global), a subnetwork per region, and per region a regional managed instance group over the
+region's zones that are UP (looked up: not every region has a zone `-a`) from an instance
+template (Ubuntu 24.04 LTS through its image family, the firewall's target tag), stateful
+external IPs when the stack wants static addresses, a second group of SPOT VMs for the spot
+share, and proactive rolling replacement when the template changes."""
 
 from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import pulumi
 import pulumi_gcp as gcp
 
 from meshstack.base import CloudProvider
-from meshstack.model import RegionSpec, StackSettings, firewall_rules, label_safe, node_name, tags
-
-REGIONS = frozenset(
-    {
-        "us-central1",
-        "us-east1",
-        "us-east4",
-        "us-east5",
-        "us-south1",
-        "us-west1",
-        "us-west2",
-        "us-west3",
-        "us-west4",
-        "northamerica-northeast1",
-        "northamerica-northeast2",
-        "southamerica-east1",
-        "southamerica-west1",
-        "europe-west1",
-        "europe-west2",
-        "europe-west3",
-        "europe-west4",
-        "europe-west6",
-        "europe-west8",
-        "europe-west9",
-        "europe-north1",
-        "europe-central2",
-        "europe-southwest1",
-        "me-west1",
-        "me-central1",
-        "africa-south1",
-        "asia-east1",
-        "asia-east2",
-        "asia-northeast1",
-        "asia-northeast2",
-        "asia-northeast3",
-        "asia-south1",
-        "asia-south2",
-        "asia-southeast1",
-        "asia-southeast2",
-        "australia-southeast1",
-        "australia-southeast2",
-    }
+from meshstack.model import (
+    CONFIG_NAMESPACE,
+    RegionSpec,
+    StackConfigError,
+    StackSettings,
+    capacity_split,
+    firewall_rules,
+    label_safe,
+    pool_bounds,
+    pool_name,
+    tags,
 )
+
+IMAGE_FAMILY = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-{arch}"
+ARM_FAMILIES = frozenset({"t2a", "c4a", "n4a"})  # Ampere Altra and Google Axion machine families
+MIN_ZONES, MAX_ZONES = 2, 3
+MAX_TEMPLATE_PREFIX = 37  # instance template names: 63 characters, of which Pulumi's name_prefix suffix takes 26
+SUBNET_SPACE = ipaddress.ip_network("10.64.0.0/10")
+# A region's subnetwork range is its position here (/20 each): append new regions, never reorder.
+REGION_ORDER = (
+    "us-central1",
+    "us-east1",
+    "us-east4",
+    "us-east5",
+    "us-south1",
+    "us-west1",
+    "us-west2",
+    "us-west3",
+    "us-west4",
+    "northamerica-northeast1",
+    "northamerica-northeast2",
+    "southamerica-east1",
+    "southamerica-west1",
+    "europe-west1",
+    "europe-west2",
+    "europe-west3",
+    "europe-west4",
+    "europe-west6",
+    "europe-west8",
+    "europe-west9",
+    "europe-north1",
+    "europe-central2",
+    "europe-southwest1",
+    "me-west1",
+    "me-central1",
+    "africa-south1",
+    "asia-east1",
+    "asia-east2",
+    "asia-northeast1",
+    "asia-northeast2",
+    "asia-northeast3",
+    "asia-south1",
+    "asia-south2",
+    "asia-southeast1",
+    "asia-southeast2",
+    "australia-southeast1",
+    "australia-southeast2",
+)
+REGIONS = frozenset(REGION_ORDER)
+
+
+def architecture(machine_type: str) -> Literal["amd64", "arm64"]:
+    return "arm64" if machine_type.split("-", 1)[0] in ARM_FAMILIES else "amd64"
+
+
+def subnet_range(region: str) -> str:
+    return str(list(SUBNET_SPACE.subnets(new_prefix=20))[REGION_ORDER.index(region)])
+
+
+def zones(region: str) -> list[str]:
+    """Up to three of the region's zones that are UP, sorted; at least two or an error."""
+    names = sorted(gcp.compute.get_zones(region=region, status="UP").names)
+    if len(names) < MIN_ZONES:
+        raise StackConfigError(f"{CONFIG_NAMESPACE}:mesh.regions: gcp:{region} has fewer than {MIN_ZONES} zones UP")
+    return names[:MAX_ZONES]
+
+
+@dataclass(frozen=True)
+class GcpNetwork:
+    network: gcp.compute.Network
+    node_tag: str
+
+
+class GcpSharedNetwork(pulumi.ComponentResource):
+    """The stack's one global VPC network and its ingress firewall rules (on the node tag)."""
+
+    def __init__(self, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
+        name = f"{settings.name}-{settings.environment}"
+        super().__init__("meshctl:gcp:Network", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        described = f"meshctl {settings.name}/{settings.environment}"
+        self.node_tag = f"{name}-node"
+        self.network = gcp.compute.Network(
+            f"{name}-net",
+            auto_create_subnetworks=False,
+            description=described,
+            opts=pulumi.ResourceOptions(parent=self, protect=True),  # `pulumi state unprotect` to delete it
+        )
+        for rule in firewall_rules(settings):
+            # one address family per rule, never an empty source list (GCP would apply 0.0.0.0/0)
+            assert rule.sources, rule
+            ports = [str(rule.from_port) if rule.from_port == rule.to_port else f"{rule.from_port}-{rule.to_port}"]
+            gcp.compute.Firewall(
+                f"{name}-in-{rule.name}",
+                network=self.network.id,
+                direction="INGRESS",
+                priority=1000,
+                allows=[gcp.compute.FirewallAllowArgs(protocol=rule.protocol, ports=ports)],
+                source_ranges=list(rule.sources),
+                target_tags=[self.node_tag],
+                description=f"{described}: {rule.description}",
+                opts=child,
+            )
+        self.register_outputs({"network": self.network.id})
+
+
+def shared(settings: StackSettings) -> GcpNetwork:
+    net = GcpSharedNetwork(settings)
+    return GcpNetwork(network=net.network, node_tag=net.node_tag)
 
 
 class GcpMediaRegion(pulumi.ComponentResource):
-    """One GCP region's media nodes with their network and firewall."""
+    """One GCP region's media nodes: its subnetwork of the shared network, addresses, instances."""
 
     def __init__(
         self,
@@ -61,67 +146,142 @@ class GcpMediaRegion(pulumi.ComponentResource):
         spec: RegionSpec,
         user_data: pulumi.Output[str],
         opts: pulumi.ResourceOptions | None = None,
+        shared: Any = None,
     ) -> None:
         super().__init__("meshctl:gcp:MediaRegion", name, None, opts)
+        assert isinstance(shared, GcpNetwork), "the GCP regions need the stack's shared network"
         region = spec.region.split(":", 1)[1]
         labels = {k: label_safe(v) for k, v in tags(settings, spec.region).items()}
         child = pulumi.ResourceOptions(parent=self)
-        node_tag = f"{settings.name}-{settings.environment}-node"
         described = f"meshctl {settings.name}/{settings.environment} {spec.region}"
-        net = gcp.compute.Network(f"{name}-net", auto_create_subnetworks=False, description=described, opts=child)
+        region_zones = zones(region)
         subnet = gcp.compute.Subnetwork(
             f"{name}-subnet",
-            network=net.id,
+            network=shared.network.id,
             region=region,
-            ip_cidr_range="10.64.1.0/24",
+            ip_cidr_range=subnet_range(region),
             description=described,
             opts=child,
         )
-        for rule in firewall_rules(settings):
-            v4 = [s for s in rule.sources if ":" not in s]  # a GCP rule takes one address family
-            ports = [str(rule.from_port) if rule.from_port == rule.to_port else f"{rule.from_port}-{rule.to_port}"]
-            gcp.compute.Firewall(
-                f"{name}-in-{rule.name}",
-                network=net.id,
-                direction="INGRESS",
-                priority=1000,
-                allows=[gcp.compute.FirewallAllowArgs(protocol=rule.protocol, ports=ports)],
-                source_ranges=v4,
-                target_tags=[node_tag],
-                description=f"{described}: {rule.description}",
-                opts=child,
-            )
-        self.nodes = []
-        zone = spec.zone or f"{region}-a"
-        for i in range(spec.nodes):
-            node = node_name(settings, spec.region, i)
-            address = gcp.compute.Address(
-                f"{node}-ip", region=region, address_type="EXTERNAL", network_tier="PREMIUM", labels=labels, opts=child
-            )
-            gcp.compute.Instance(
-                node,
-                name=node,
-                machine_type=spec.instance_type or settings.instance_type,
-                zone=zone,
-                boot_disk=gcp.compute.InstanceBootDiskArgs(
-                    initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
-                        image=spec.image or settings.image
-                    )
-                ),
+        machine_type = spec.instance_type or settings.instance_type
+        image = spec.image or settings.image or IMAGE_FAMILY.format(arch=architecture(machine_type))
+        pool = pool_name(settings, spec.region)
+        low, high = pool_bounds(spec)
+        on_demand, spot = capacity_split(spec)
+        self.pools = []
+        for kind, size in (("on-demand", on_demand), ("spot", spot)):
+            if kind == "spot" and spec.spot_percent == 0:
+                continue
+            is_spot = kind == "spot"
+            template = gcp.compute.InstanceTemplate(
+                f"{name}-{kind}-tmpl",
+                name_prefix=f"{pool[:MAX_TEMPLATE_PREFIX]}-",  # a new template per change (they are immutable)
+                machine_type=machine_type,
+                disks=[gcp.compute.InstanceTemplateDiskArgs(source_image=image, boot=True, auto_delete=True)],
                 network_interfaces=[
-                    gcp.compute.InstanceNetworkInterfaceArgs(
+                    gcp.compute.InstanceTemplateNetworkInterfaceArgs(
                         subnetwork=subnet.id,
-                        access_configs=[gcp.compute.InstanceNetworkInterfaceAccessConfigArgs(nat_ip=address.address)],
+                        access_configs=[
+                            gcp.compute.InstanceTemplateNetworkInterfaceAccessConfigArgs(network_tier="PREMIUM")
+                        ],
                     )
                 ],
                 metadata={"user-data": user_data, "block-project-ssh-keys": "true"},
-                tags=[node_tag],
+                tags=[shared.node_tag],
                 labels=labels,
-                shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(enable_secure_boot=True),
+                shielded_instance_config=gcp.compute.InstanceTemplateShieldedInstanceConfigArgs(
+                    enable_secure_boot=True
+                ),
+                scheduling=gcp.compute.InstanceTemplateSchedulingArgs(
+                    provisioning_model="SPOT",
+                    preemptible=True,
+                    automatic_restart=False,
+                    instance_termination_action="DELETE",
+                )
+                if is_spot
+                else None,
+                region=region,
                 opts=child,
             )
-            self.nodes.append({"name": node, "region": spec.region, "public_ip": address.address})
-        self.register_outputs({"nodes": self.nodes})
+            # stateful external IPs keep each node's address through autohealing and updates; GCP does
+            # not autoscale a stateful group, so then the pool is fixed (check() refuses min != max)
+            stateful = settings.static_addresses and not is_spot
+            zone_count = len(region_zones)
+            mig = gcp.compute.RegionInstanceGroupManager(
+                f"{name}-{kind}-mig",
+                name=f"{pool}-{'od' if not is_spot else 'spot'}"[:63],
+                base_instance_name=pool,
+                region=region,
+                distribution_policy_zones=region_zones,
+                distribution_policy_target_shape="EVEN",
+                versions=[
+                    gcp.compute.RegionInstanceGroupManagerVersionArgs(
+                        name=kind, instance_template=template.self_link_unique
+                    )
+                ],
+                target_size=size,
+                # rolling replacement when the template changes; regional fixed values are 0 or >= zones
+                update_policy=gcp.compute.RegionInstanceGroupManagerUpdatePolicyArgs(
+                    type="PROACTIVE",
+                    minimal_action="REPLACE",
+                    replacement_method="RECREATE" if stateful else "SUBSTITUTE",
+                    max_surge_fixed=0 if stateful else zone_count,
+                    max_unavailable_fixed=zone_count if stateful else 0,
+                    instance_redistribution_type="NONE" if stateful else "PROACTIVE",
+                ),
+                stateful_external_ips=[
+                    gcp.compute.RegionInstanceGroupManagerStatefulExternalIpArgs(
+                        interface_name="nic0", delete_rule="ON_PERMANENT_INSTANCE_DELETION"
+                    )
+                ]
+                if stateful
+                else None,
+                wait_for_instances=False,
+                opts=child,
+            )
+            if not stateful and (low, high) != (spec.nodes, spec.nodes):
+                share_low, share_high = (capacity_split(spec, n)[1 if is_spot else 0] for n in (low, high))
+                gcp.compute.RegionAutoscaler(
+                    f"{name}-{kind}-autoscaler",
+                    region=region,
+                    target=mig.id,
+                    autoscaling_policy=gcp.compute.RegionAutoscalerAutoscalingPolicyArgs(
+                        min_replicas=share_low,
+                        max_replicas=max(share_high, 1),
+                        cooldown_period=300,
+                        cpu_utilization=gcp.compute.RegionAutoscalerAutoscalingPolicyCpuUtilizationArgs(target=0.6),
+                    ),
+                    opts=child,
+                )
+            self.pools.append(
+                {
+                    "region": spec.region,
+                    "pool": mig.name,
+                    "kind": kind,
+                    "minNodes": low,
+                    "maxNodes": high,
+                    "nodes": size,
+                    "spotPercent": spec.spot_percent,
+                    "zones": region_zones,
+                }
+            )
+        self.register_outputs({"pools": self.pools})
 
 
-PROVIDER = CloudProvider(name="gcp", regions=REGIONS, component=GcpMediaRegion)
+def check(settings: StackSettings) -> None:
+    """GCP does not autoscale a group with stateful IPs (staticAddresses): its size is then fixed."""
+    for i, spec in enumerate(settings.regions):
+        if spec.zone is not None:
+            raise StackConfigError(
+                f"{CONFIG_NAMESPACE}:mesh.regions[{i}].zone: a node pool spreads over the region's zones; remove it"
+            )
+        if not settings.static_addresses:
+            continue
+        if pool_bounds(spec) != (spec.nodes, spec.nodes):
+            raise StackConfigError(
+                f"{CONFIG_NAMESPACE}:mesh.regions[{i}].maxNodes: GCP cannot autoscale a pool whose nodes keep "
+                "their addresses (stateful IPs): leave minNodes/maxNodes unset, or set mesh.staticAddresses: false"
+            )
+
+
+PROVIDER = CloudProvider(name="gcp", regions=REGIONS, component=GcpMediaRegion, check=check, shared=shared)

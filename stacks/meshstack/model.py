@@ -6,6 +6,7 @@ Everything is validated before any resource is created; an error names the setti
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -14,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 CONFIG_NAMESPACE = "meshctl-stacks"
 WIREGUARD_PORT = 51820
+MAX_NODE_NAME = 63
+POOL_SUFFIX = 4  # a GCP managed instance group names its VMs <base_instance_name>-<4 characters>
 REGION_ID = re.compile(r"^([a-z][a-z0-9]*):([a-z0-9][a-z0-9-]*)$")
 
 
@@ -33,7 +36,12 @@ class RegionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     region: str
-    nodes: int
+    nodes: int  # the pool's desired size
+    min_nodes: int | None = Field(default=None, alias="minNodes")  # default: nodes
+    max_nodes: int | None = Field(default=None, alias="maxNodes")  # default: nodes
+    # spot (AWS, Azure) / SPOT provisioning (GCP) share above an on-demand base; 0 = all on demand
+    spot_percent: int = Field(default=0, alias="spotPercent", ge=0, le=100)
+    on_demand_base: int = Field(default=1, alias="onDemandBase", ge=0)
     instance_type: str | None = Field(default=None, alias="instanceType")
     image: str | None = None
     zone: str | None = None
@@ -47,13 +55,21 @@ class StackSettings(BaseModel):
     cloud: str
     controller_url: str | None = Field(default=None, alias="controllerUrl")
     instance_type: str = Field(alias="instanceType")
-    image: str
+    # an explicit image overrides the per-region lookup (GCP, Azure only: AMI ids are regional)
+    image: str | None = None
     admin_cidrs: list[str] = Field(default_factory=list, alias="adminCidrs")
-    admin_ssh_key: str | None = Field(default=None, alias="adminSshKey")
+    admin_ssh_public_key: str | None = Field(default=None, alias="adminSshPublicKey")
     media_ports: list[PortRange] = Field(
         default_factory=lambda: [PortRange(protocol="udp", **{"from": 10000, "to": 20000})], alias="mediaPorts"
     )
-    agent_package: str = Field(default="meshctl", alias="agentPackage")
+    # the agent wheel the nodes install, verified by its sha256 (never a bare name on a public index)
+    agent_wheel_url: str | None = Field(default=None, alias="agentWheelUrl")
+    agent_wheel_sha256: str | None = Field(default=None, alias="agentWheelSha256")
+    # its dependencies: the wheelhouse tarball `make agent-wheel` builds (pinned, --hash lines)
+    agent_wheelhouse_url: str | None = Field(default=None, alias="agentWheelhouseUrl")
+    agent_wheelhouse_sha256: str | None = Field(default=None, alias="agentWheelhouseSha256")
+    # a public address per node that survives its replacement (README: how, per cloud)
+    static_addresses: bool = Field(default=True, alias="staticAddresses")
     regions: list[RegionSpec]
 
     @field_validator("controller_url")
@@ -66,7 +82,7 @@ class StackSettings(BaseModel):
 
 @dataclass(frozen=True)
 class FirewallRule:
-    """One inbound allowance; everything not listed is closed."""
+    """One inbound allowance from one address family (clouds refuse rules mixing IPv4 and IPv6)."""
 
     name: str
     protocol: Literal["udp", "tcp"]
@@ -74,6 +90,7 @@ class FirewallRule:
     to_port: int
     sources: tuple[str, ...]
     description: str
+    family: Literal[4, 6] = 4
 
 
 def _setting(loc: tuple[Any, ...]) -> str:
@@ -118,14 +135,16 @@ def validate(raw: Any, known_regions: dict[str, frozenset[str]], join_token_set:
             raise StackConfigError(f"{where}.nodes: must be at least 1, got {r.nodes}")
         if r.nodes > 100:
             raise StackConfigError(f"{where}.nodes: more than 100 nodes in one region; split the stack")
-    for i, cidr in enumerate(settings.admin_cidrs):
-        where = f"{CONFIG_NAMESPACE}:mesh.adminCidrs[{i}]"
-        try:
-            net = ipaddress.ip_network(cidr, strict=True)
-        except ValueError as exc:
-            raise StackConfigError(f"{where}: {exc}") from None
-        if net.prefixlen == 0:
-            raise StackConfigError(f"{where}: SSH open to the whole internet ({cidr}) is not allowed")
+        low, high = pool_bounds(r)
+        if not 0 <= low <= r.nodes:
+            raise StackConfigError(f"{where}.minNodes: must be between 0 and nodes ({r.nodes}), got {low}")
+        if not r.nodes <= high <= 100:
+            raise StackConfigError(f"{where}.maxNodes: must be between nodes ({r.nodes}) and 100, got {high}")
+        if r.on_demand_base > high:
+            raise StackConfigError(f"{where}.onDemandBase: {r.on_demand_base} is above maxNodes ({high})")
+    _check_admin_cidrs(settings.admin_cidrs)
+    _check_agent_wheel(settings)
+    _check_node_names(settings)
     for i, p in enumerate(settings.media_ports):
         where = f"{CONFIG_NAMESPACE}:mesh.mediaPorts[{i}]"
         if p.from_port > p.to_port:
@@ -137,14 +156,107 @@ def validate(raw: Any, known_regions: dict[str, frozenset[str]], join_token_set:
     return settings
 
 
+def pool_bounds(spec: RegionSpec) -> tuple[int, int]:
+    """(minNodes, maxNodes) with their defaults: a pool of exactly `nodes` that heals."""
+    low = spec.nodes if spec.min_nodes is None else spec.min_nodes
+    high = spec.nodes if spec.max_nodes is None else spec.max_nodes
+    return low, high
+
+
+def capacity_split(spec: RegionSpec, size: int | None = None) -> tuple[int, int]:
+    """(on demand, spot) of a pool of `size` (default: nodes): the base, then spotPercent of the rest.
+
+    Rounded as AWS does (on-demand share rounded up): AWS and Azure apply the same rule to the
+    live size themselves; GCP, which has no mixed pool, gets two pools of these sizes.
+    """
+    n = spec.nodes if size is None else size
+    base = min(spec.on_demand_base, n)
+    on_demand = base + math.ceil((n - base) * (100 - spec.spot_percent) / 100)
+    return on_demand, n - on_demand
+
+
+def _check_admin_cidrs(cidrs: list[str]) -> None:
+    """Each a valid network; not the whole internet, alone or together (0.0.0.0/1 + 128.0.0.0/1)."""
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for i, cidr in enumerate(cidrs):
+        where = f"{CONFIG_NAMESPACE}:mesh.adminCidrs[{i}]"
+        try:
+            net = ipaddress.ip_network(cidr, strict=True)
+        except ValueError as exc:
+            raise StackConfigError(f"{where}: {exc}") from None
+        if net.prefixlen == 0:
+            raise StackConfigError(f"{where}: SSH open to the whole internet ({cidr}) is not allowed")
+        nets.append(net)
+    for family, everything in ((4, "0.0.0.0/0"), (6, "::/0")):
+        same = [n for n in nets if n.version == family]
+        if any(n.prefixlen == 0 for n in ipaddress.collapse_addresses(same)):  # type: ignore[type-var]
+            raise StackConfigError(
+                f"{CONFIG_NAMESPACE}:mesh.adminCidrs: together they cover the whole IPv{family} internet "
+                f"({everything}); SSH open to the world is not allowed"
+            )
+
+
+def _check_agent_wheel(settings: StackSettings) -> None:
+    """The wheel and its wheelhouse: each an https URL with its sha256; all four or none."""
+    where = f"{CONFIG_NAMESPACE}:mesh"
+    pairs = (
+        ("agentWheelUrl", settings.agent_wheel_url, "agentWheelSha256", settings.agent_wheel_sha256, r"\.whl"),
+        (
+            "agentWheelhouseUrl",
+            settings.agent_wheelhouse_url,
+            "agentWheelhouseSha256",
+            settings.agent_wheelhouse_sha256,
+            r"\.tar\.gz",
+        ),
+    )
+    for url_key, url, digest_key, digest, suffix in pairs:
+        if (url is None) != (digest is None):
+            missing = digest_key if digest is None else url_key
+            raise StackConfigError(f"{where}.{missing}: missing; {url_key} needs both its URL and its sha256")
+        kind = "a .whl file" if suffix == r"\.whl" else "a .tar.gz wheelhouse"
+        if url is not None and not re.match(rf"^https://[^\s/]+/\S+{suffix}$", url):
+            raise StackConfigError(f"{where}.{url_key}: must be an https:// URL of {kind}, got {url!r}")
+        if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise StackConfigError(f"{where}.{digest_key}: must be 64 lower-case hex digits (sha256)")
+    if (settings.agent_wheel_url is None) != (settings.agent_wheelhouse_url is None):
+        missing = "agentWheelhouseUrl" if settings.agent_wheelhouse_url is None else "agentWheelUrl"
+        raise StackConfigError(
+            f"{where}.{missing}: missing; the agent wheel and its wheelhouse (make agent-wheel) go together"
+        )
+
+
+def _check_node_names(settings: StackSettings) -> None:
+    """Instance names: a pool names its nodes <base>-<suffix> (GCP: 4 characters, 63 at most)."""
+    for i, r in enumerate(settings.regions):
+        longest = pool_name(settings, r.region) + "-" + "x" * POOL_SUFFIX
+        if len(longest) > MAX_NODE_NAME:
+            raise StackConfigError(
+                f"{CONFIG_NAMESPACE}:mesh.name: node names would be {len(longest)} characters "
+                f"({longest!r}, regions[{i}]); at most {MAX_NODE_NAME}: shorten mesh.name or mesh.environment"
+            )
+
+
 def firewall_rules(settings: StackSettings) -> list[FirewallRule]:
-    """WireGuard and the media ports from anywhere; SSH only from the admin CIDRs; nothing else."""
-    anywhere = ("0.0.0.0/0", "::/0")
-    rules = [FirewallRule("wireguard", "udp", WIREGUARD_PORT, WIREGUARD_PORT, anywhere, "WireGuard overlay")]
-    for i, p in enumerate(settings.media_ports):
-        rules.append(FirewallRule(f"media-{i}", p.protocol, p.from_port, p.to_port, anywhere, "media"))
-    if settings.admin_cidrs:
-        rules.append(FirewallRule("ssh-admin", "tcp", 22, 22, tuple(settings.admin_cidrs), "SSH from admin networks"))
+    """WireGuard and the media ports from anywhere; SSH only from the admin CIDRs; nothing else.
+
+    One rule per address family: Azure and GCP refuse a rule that mixes IPv4 and IPv6, and a GCP
+    ingress rule with no source at all applies to 0.0.0.0/0, so a family without CIDRs gets no rule.
+    """
+    rules = []
+    families: tuple[tuple[Literal[4, 6], str, str], ...] = ((4, "0.0.0.0/0", "v4"), (6, "::/0", "v6"))
+    for family, anywhere, suffix in families:
+        rules.append(
+            FirewallRule(
+                f"wireguard-{suffix}", "udp", WIREGUARD_PORT, WIREGUARD_PORT, (anywhere,), "WireGuard overlay", family
+            )
+        )
+        for i, p in enumerate(settings.media_ports):
+            rules.append(
+                FirewallRule(f"media-{i}-{suffix}", p.protocol, p.from_port, p.to_port, (anywhere,), "media", family)
+            )
+        admins = tuple(c for c in settings.admin_cidrs if ipaddress.ip_network(c).version == family)
+        if admins:
+            rules.append(FirewallRule(f"ssh-admin-{suffix}", "tcp", 22, 22, admins, "SSH from admin networks", family))
     return rules
 
 
@@ -163,6 +275,11 @@ def label_safe(value: str) -> str:
     return re.sub(r"[^a-z0-9_-]", "_", value.lower())[:63]
 
 
+def pool_name(settings: StackSettings, region_id: str) -> str:
+    """<mesh>-<env>-<cloud-region>: the region's node pool and the base of its nodes' names."""
+    return f"{settings.name}-{settings.environment}-{region_id.split(':', 1)[1]}"
+
+
 def node_name(settings: StackSettings, region_id: str, index: int) -> str:
-    cloud_region = region_id.split(":", 1)[1]
-    return f"{settings.name}-{settings.environment}-{cloud_region}-{index}"
+    """<pool>-<n> (fixed names, e.g. an address pool's members)."""
+    return f"{pool_name(settings, region_id)}-{index}"

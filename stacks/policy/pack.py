@@ -43,7 +43,13 @@ POLICIES = [
     _resource_policy(
         "no-admin-ports-from-internet", "No SSH or RDP from the whole internet.", rules.no_admin_ports_from_internet
     ),
+    _resource_policy(
+        "gcp-firewall-explicit-sources",
+        "A GCP ingress firewall names its sources (empty means 0.0.0.0/0).",
+        rules.gcp_firewall_has_sources,
+    ),
     _resource_policy("required-tags", "Every resource carries mesh, mesh-region and environment.", rules.required_tags),
+    _resource_policy("pool-spans-zones", "A node pool spans at least two zones.", rules.pool_spans_zones),
     _resource_policy("allowed-instance-types", "Instance types from the allow list only.", rules.allowed_instance_type),
     StackValidationPolicy(
         name="wireguard-port-open",

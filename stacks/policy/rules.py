@@ -42,6 +42,12 @@ ALLOWED_INSTANCE_TYPES = frozenset(
 )
 TAGGABLE = {
     "aws:ec2/instance:Instance": "tags",
+    "aws:ec2/launchTemplate:LaunchTemplate": "tags",
+    "aws:autoscaling/group:Group": "tags",  # a list of {key, value, propagateAtLaunch}
+    "aws:ec2/eip:Eip": "tags",
+    "gcp:compute/instanceTemplate:InstanceTemplate": "labels",
+    "azure-native:compute:VirtualMachineScaleSet": "tags",
+    "azure-native:network:PublicIPPrefix": "tags",
     "aws:ec2/vpc:Vpc": "tags",
     "aws:ec2/securityGroup:SecurityGroup": "tags",
     "aws:ec2/subnet:Subnet": "tags",
@@ -54,6 +60,9 @@ TAGGABLE = {
 }
 INSTANCES = {
     "aws:ec2/instance:Instance": lambda p: p.get("instanceType"),
+    "aws:ec2/launchTemplate:LaunchTemplate": lambda p: p.get("instanceType"),
+    "gcp:compute/instanceTemplate:InstanceTemplate": lambda p: p.get("machineType"),
+    "azure-native:compute:VirtualMachineScaleSet": lambda p: (p.get("sku") or {}).get("name"),
     "gcp:compute/instance:Instance": lambda p: p.get("machineType"),
     "azure-native:compute:VirtualMachine": lambda p: (p.get("hardwareProfile") or {}).get("vmSize"),
 }
@@ -99,6 +108,8 @@ def open_to_world(typ: str, props: Mapping[str, Any]) -> list[tuple[str, int, in
     elif typ == "gcp:compute/firewall:Firewall":
         if (props.get("direction") or "INGRESS") == "INGRESS":
             world = [s for s in props.get("sourceRanges") or [] if s in WORLD]
+            if gcp_applies_to_world(props):
+                world.append("0.0.0.0/0 (no source given: GCP applies the rule to every address)")
             for allow in props.get("allows") or []:
                 ports = allow.get("ports") or ["0-65535"]
                 for spec in ports:
@@ -115,6 +126,20 @@ def open_to_world(typ: str, props: Mapping[str, Any]) -> list[tuple[str, int, in
                 for lo, hi in _port_ranges(spec):
                     found += [(str(rule.get("protocol")), lo, hi, s) for s in world]
     return found
+
+
+def gcp_applies_to_world(props: Mapping[str, Any]) -> bool:
+    """A GCP ingress rule with no source ranges, tags or service accounts applies to 0.0.0.0/0."""
+    if (props.get("direction") or "INGRESS") != "INGRESS":
+        return False
+    return not any(props.get(k) for k in ("sourceRanges", "sourceTags", "sourceServiceAccounts"))
+
+
+def gcp_firewall_has_sources(typ: str, props: Mapping[str, Any]) -> list[str]:
+    """An ingress firewall must name its sources: an empty list means the whole internet on GCP."""
+    if typ != "gcp:compute/firewall:Firewall" or not gcp_applies_to_world(props):
+        return []
+    return ["ingress firewall without sourceRanges (or source tags/service accounts): GCP applies it to 0.0.0.0/0"]
 
 
 def no_admin_ports_from_internet(typ: str, props: Mapping[str, Any]) -> list[str]:
@@ -150,6 +175,10 @@ def required_tags(typ: str, props: Mapping[str, Any]) -> list[str]:
     if field is None:
         return []
     present = props.get(field) or {}
+    if isinstance(present, list):  # an autoscaling group's tags (propagated to its instances)
+        present = {
+            t.get("key"): t.get("value") for t in present if isinstance(t, Mapping) and t.get("propagateAtLaunch")
+        }
     missing = [t for t in REQUIRED_TAGS if not present.get(t)]
     return [f"missing {field}: {', '.join(missing)}"] if missing else []
 
@@ -164,4 +193,22 @@ def allowed_instance_type(typ: str, props: Mapping[str, Any]) -> list[str]:
     short = str(value).rsplit("/", 1)[-1]  # GCP may give a machine type URL
     if short not in ALLOWED_INSTANCE_TYPES:
         return [f"instance type {short!r} is not on the allow list ({', '.join(sorted(ALLOWED_INSTANCE_TYPES))})"]
+    return []
+
+
+POOLS = {
+    "aws:autoscaling/group:Group": ("vpcZoneIdentifiers", "subnets (one per zone)"),
+    "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager": ("distributionPolicyZones", "zones"),
+    "azure-native:compute:VirtualMachineScaleSet": ("zones", "zones"),
+}
+
+
+def pool_spans_zones(typ: str, props: Mapping[str, Any]) -> list[str]:
+    """A node pool spans at least two zones (one zone's outage must not take a region's nodes)."""
+    if typ not in POOLS:
+        return []
+    field, what = POOLS[typ]
+    found = props.get(field) or []
+    if len(set(found)) < 2:
+        return [f"node pool spans {len(set(found))} {what}; at least 2 (set {field})"]
     return []

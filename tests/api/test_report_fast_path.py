@@ -1,9 +1,11 @@
 """POST /v1/reports on its hot path answers exactly as the documented FastAPI route did.
 
 The expected bodies below were captured from the route as it was before the hot path (pydantic
-parse behind FastAPI's dependency injection), for the same inputs. The decoder is also checked
-in-process against ReportIn on many generated and mutated bodies: msgspec may take the fast way
-only where ReportIn would accept the body with the same values.
+parse behind FastAPI's dependency injection), for the same inputs, and are now written in the
+problem-details format (RFC 9457) with the same information: each field, message and error
+code. The decoder is also checked in-process against ReportIn on many generated and mutated
+bodies: msgspec may take the fast way only where ReportIn would accept the body with the same
+values.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from meshctl.api.schemas import ReportColumns, ReportIn, parse_report
+from meshctl.service.report_codec import ReportColumns, parse_report
+from meshctl.wire.schemas import ReportIn
 from tests.conftest import ControllerProcess
 
 # --- the decoder against ReportIn, in-process ---------------------------------------------
@@ -188,6 +191,23 @@ def test_decoder_agrees_on_mutated_text(edits: list[tuple[int, int]]) -> None:
 # --- through the server: status codes and bodies as before ---------------------------------
 
 OK = "ok"
+# type, title and status of each problem the report route answers
+PROBLEM: dict[int, dict[str, Any]] = {
+    401: {"type": "urn:meshctl:problem:unauthorized", "title": "Unauthorized", "status": 401},
+    403: {"type": "urn:meshctl:problem:forbidden", "title": "Forbidden", "status": 403},
+    409: {"type": "urn:meshctl:problem:conflict", "title": "Conflict", "status": 409},
+    413: {"type": "urn:meshctl:problem:payload-too-large", "title": "Payload too large", "status": 413},
+    422: {"type": "urn:meshctl:problem:invalid-input", "title": "Invalid input", "status": 422},
+}
+TOO_LARGE = {"detail": "the request body is larger than 1048576 bytes", "field": None}
+
+
+def _field(loc: list[str]) -> str:
+    """["peers", "0", "sent"] -> "peers[0].sent"; [] -> "body"."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out or "body"
 
 
 def _cases(a: str, b: str, c: str, now: datetime) -> list[tuple[str, bytes, str, int, Any]]:
@@ -204,11 +224,13 @@ def _cases(a: str, b: str, c: str, now: datetime) -> list[tuple[str, bytes, str,
         return json.dumps(d).encode()
 
     def invalid(*errors: tuple[list[str], str, str]) -> dict[str, Any]:
-        detail = [{"loc": ["body", *loc], "msg": msg, "type": kind} for loc, msg, kind in errors]
-        fields = ", ".join(".".join(loc) or "body" for loc, _, _ in errors)
-        return {"detail": detail, "message": f"invalid input: {fields}"}
+        """A 422 problem listing each pydantic error: its field path, message and code."""
+        listed = [{"field": _field(loc), "message": msg, "code": kind} for loc, msg, kind in errors]
+        detail = "invalid input: " + "; ".join(f"{e['field']}: {e['message']}" for e in listed)
+        return {**PROBLEM[422], "detail": detail, "field": listed[0]["field"], "errors": listed}
 
     def refused(detail: str, field: str | None) -> dict[str, Any]:
+        """A problem from the service: its status (and so type and title) comes with the case."""
         return {"detail": detail, "field": field}
 
     p0 = ["peers", "0"]
@@ -490,8 +512,8 @@ def _cases(a: str, b: str, c: str, now: datetime) -> list[tuple[str, bytes, str,
             403,
             refused("this needs the node scope; the token has scope admin", None),
         ),
-        ("too large", b"x" * 2_000_000, n, 413, "Content Too Large"),
-        ("too large, bad token", b"x" * 2_000_000, "msh_n_nope", 413, "Content Too Large"),
+        ("too large", b"x" * 2_000_000, n, 413, TOO_LARGE),
+        ("too large, bad token", b"x" * 2_000_000, "msh_n_nope", 413, TOO_LARGE),
         # accepted: lax forms go through ReportIn, as before
         ("ok", js(body(seq=10)), n, 202, OK),
         ("duplicate", js(body(seq=10)), n, 409, refused("seq: window 10 of {A} was already accepted", "seq")),
@@ -535,20 +557,31 @@ def test_report_answers_as_before(controller: ControllerProcess) -> None:
         assert r.status_code == status, (name, r.text)
         if expected is OK:
             seq = r.json()["seq"]
-            assert r.json() == {"node_id": a["node_id"], "seq": seq, "accepted": True, "duplicate": False}, name
+            assert r.json() == {"node_id": a["node_id"], "seq": seq, "accepted": True}, name
+            assert r.headers["content-type"] == "application/json", name
             accepted.append(seq)
-        elif isinstance(expected, str):
-            assert r.text == expected, name
         else:
+            assert r.headers["content-type"] == "application/problem+json", name
             text = json.dumps(expected).replace("{A}", a["node_id"]).replace("{B}", b["node_id"])
-            assert r.json() == json.loads(text), name
+            want = {**PROBLEM[status], **json.loads(text)}
+            if status == 422 and "errors" not in want and want["field"]:
+                # a service check names its one field in errors[] too
+                want["errors"] = [
+                    {"field": want["field"], "message": want["detail"].removeprefix(f"{want['field']}: "), "code": None}
+                ]
+            assert r.json() == want, name
         if status == 401:
             assert r.headers["www-authenticate"] == "Bearer", name
     with controller.client() as admin:
         node = admin.get(f"/v1/nodes/{a['node_id']}").json()
         assert node["reports_accepted"] == len(accepted) and node["last_seq"] == max(accepted)
-        assert admin.get("/v1/reports").status_code == 405
-        doc = admin.get("/openapi.json").json()["paths"]["/v1/reports"]["post"]
-        schema = doc["requestBody"]["content"]["application/json"]["schema"]
-        assert schema["title"] == "ReportIn" and set(schema["required"]) >= {"node_id", "seq", "peers"}
-        assert "202" in doc["responses"]
+        wrong = admin.get("/v1/reports")
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "OPTIONS, POST"
+        openapi = admin.get("/openapi.json").json()
+        doc = openapi["paths"]["/v1/reports"]["post"]
+        ref = doc["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == "#/components/schemas/ReportIn"
+        schema = openapi["components"]["schemas"]["ReportIn"]
+        assert set(schema["required"]) >= {"node_id", "seq", "peers"}
+        assert schema["properties"]["peers"]["items"]["$ref"] == "#/components/schemas/PeerStats"
+        assert {"202", "401", "403", "409", "413", "422", "503"} <= set(doc["responses"])

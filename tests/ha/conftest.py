@@ -6,13 +6,15 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import ControllerProcess, free_port
 
 
 def _bin(name: str) -> str | None:
@@ -75,3 +77,53 @@ def private_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePost
 def pg_url(private_pg: PrivatePostgres) -> str:
     private_pg.reset()
     return private_pg.url
+
+
+class AlikeReplica(ControllerProcess):
+    """`meshctl serve` as an operator starts every replica: the same flags, no --replica-id (each
+    makes its own: host name and a random suffix). `name` only names the log file."""
+
+    def __init__(self, database_url: str, tmp_path: Path, name: str, port: int | None = None) -> None:
+        super().__init__(database_url, tmp_path, replica_id=name, port=port)
+
+    def spawn(self) -> AlikeReplica:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "meshctl",
+                "serve",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                "--database-url",
+                self.database_url,
+            ],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> AlikeReplica:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"controller exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"controller did not start in {timeout}s:\n{self.log()}")
+
+    def start(self, timeout: float = 30.0) -> AlikeReplica:
+        return self.spawn().wait_ready(timeout)
+
+    def identity(self) -> str:
+        """The replica id it made for itself."""
+        return str(httpx.get(f"{self.url}/healthz", timeout=2).json()["replica_id"])

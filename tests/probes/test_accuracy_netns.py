@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from meshctl.lab.netns import Lab, leftovers, sh
+from meshctl.lab.netns import Lab, leftovers, sh, write_join_token
 from tests.conftest import ControllerProcess, free_port
 
 pytestmark = pytest.mark.lab
@@ -48,7 +48,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         lab.up(2)
         lab.add_wan(2)
         router = subprocess.Popen(lab.router_argv("--delay-ms", str(ONE_WAY_MS)), stdout=subprocess.PIPE)
-        procs.append(router)  # type: ignore[arg-type]
+        procs.append(router)
         assert router.stdout is not None and b"wan router" in router.stdout.readline()
         lab.route_wan_into_tun()
         ctl.url = f"http://{lab.host_ip}:{ctl.port}"
@@ -58,7 +58,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             with ctl.client() as c:
                 token = c.post("/v1/join-tokens", json={"region": region, "ttl_s": 600, "uses": 1}).json()["token"]
             log = open(tmp / f"agent{i}.log", "wb")  # noqa: SIM115 - lives as long as the agent
-            argv = lab.agent_argv(i, ctl.url, region, str(tmp / f"node{i}"), window="2", join_token=token)
+            token_file = write_join_token(tmp / f"node{i}", token)  # a 0600 file: no secret in argv
+            argv = lab.agent_argv(i, ctl.url, region, str(tmp / f"node{i}"), window="2", join_token_file=token_file)
             procs.append(subprocess.Popen(argv, stdout=log, stderr=log))
         nodes = ctl.wait_for(
             lambda: (

@@ -7,6 +7,7 @@ skipping).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from meshctl.lab.netns import Lab, leftovers, sh
+from meshctl.lab.netns import Lab, leftovers, sh, write_join_token
 from tests.conftest import ControllerProcess, free_port
 
 pytestmark = pytest.mark.lab
@@ -37,6 +38,8 @@ class Node:
         self.log = tmp / f"agent{i}.log"
 
     def start(self, join_token: str | None = None) -> None:
+        """Start the agent; a join token goes to a 0600 file in its state directory, never into its argv."""
+        token_file = write_join_token(self.state, join_token) if join_token is not None else None
         args = self.lab.agent_argv(
             self.i,
             self.controller.url,
@@ -44,8 +47,9 @@ class Node:
             str(self.state),
             window="1",
             probe_rate="10",
-            join_token=join_token,
+            join_token_file=token_file,
         )
+        assert join_token is None or join_token not in " ".join(args)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log)
 
@@ -116,7 +120,7 @@ def test_join_distinct_addresses_and_overlay_ping(mesh: tuple[ControllerProcess,
     for node in nodes:
         for ip in ips:
             if ip != joined[node.region]["overlay_ip"]:
-                ctl.wait_for(lambda node=node, ip=ip: node.ping(ip, 1), timeout=20, what=f"ping {ip} from {node.ns}")
+                ctl.wait_for(functools.partial(node.ping, ip, 1), timeout=20, what=f"ping {ip} from {node.ns}")
     key_mode = oct((nodes[0].state / "wg-private.key").stat().st_mode & 0o777)
     assert key_mode == "0o600"
     private = (nodes[0].state / "wg-private.key").read_text().strip()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from meshctl.api.schemas import NodeJoin
-from probes.keys import PRIVATE_KEY_FILE, load_or_create, rotate
+from meshctl.wire.schemas import NodeJoin
+from probes.keys import PENDING_KEY_FILE, PRIVATE_KEY_FILE, load_or_create, new_pending, promote_pending
 from probes.spool import Spool
 
 
@@ -22,8 +22,12 @@ def test_key_made_once_mode_0600_and_public_key_valid(tmp_path: Path) -> None:
     NodeJoin(
         join_token="msh_j_" + "x" * 20, region="aws:us-east-1", name="n1", public_key=public, endpoint="192.0.2.1:51820"
     )
-    new_private, new_public = rotate(tmp_path / "state")
-    assert new_public != public and load_or_create(tmp_path / "state") == (new_private, new_public)
+    new_private, new_public = new_pending(tmp_path / "state")
+    assert oct((tmp_path / "state" / PENDING_KEY_FILE).stat().st_mode & 0o777) == "0o600"
+    assert new_public != public and load_or_create(tmp_path / "state") == (private, public), "pending is not active"
+    promote_pending(tmp_path / "state")
+    assert load_or_create(tmp_path / "state") == (new_private, new_public)
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and not (tmp_path / "state" / PENDING_KEY_FILE).exists()
 
 
 def test_key_readable_by_others_is_refused(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshctl.api.schemas import PeerStats
+from meshctl.wire.schemas import PeerStats
 from probes.stamp import (
     MAX_REQUEST,
     PACKET_SIZE,

@@ -1,11 +1,16 @@
 """Run the Pulumi program under Pulumi's mocks, in its own process, and print what it made.
 
-Usage: python tests/stacks/mockrun.py STACK CONFIG_JSON  ->  JSON {resources, outputs, error}
+Usage: python tests/stacks/mockrun.py STACK CONFIG_JSON  ->  JSON {resources, calls, outputs, error}
 A fresh process per run: Pulumi's runtime keeps global state that must not leak between tests.
+
+Each resource is recorded with its type, name, id (`<name>-id`, so wiring can be followed) and
+inputs; the `call` hook answers the program's look-ups (zones, AMI parameters) like the clouds
+would, and records them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import runpy
 import sys
@@ -14,31 +19,89 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+from pulumi.runtime.mocks import MockMonitor
 
 STACKS = Path(__file__).resolve().parents[2] / "stacks"
 resources: list[dict[str, Any]] = []
+calls: list[dict[str, Any]] = []
 exports: dict[str, Any] = {}
 ip_counter = [10]
+IP_FIELD = {
+    "aws:ec2/instance:Instance": "publicIp",
+    "aws:ec2/eip:Eip": "publicIp",
+    "gcp:compute/address:Address": "address",
+    "azure-native:network:PublicIPAddress": "ipAddress",
+}
+
+
+protected: dict[tuple[str, str], bool] = {}
+_register = MockMonitor.RegisterResource
+
+
+def _record_protect(self: MockMonitor, request: Any) -> Any:
+    """The mocks' resource args lack `protect`: read it from the registration request itself."""
+    protected[(request.type, request.name)] = bool(request.protect)
+    return _register(self, request)
+
+
+MockMonitor.RegisterResource = _record_protect  # type: ignore[method-assign]
 
 
 class Mocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         state = dict(args.inputs)
-        ip_counter[0] += 1
-        ip = f"203.0.113.{ip_counter[0]}"
-        if args.typ == "aws:ec2/instance:Instance":
-            state["publicIp"] = ip
-        elif args.typ == "gcp:compute/address:Address":
-            state["address"] = ip
-        elif args.typ == "azure-native:network:PublicIPAddress":
-            state["ipAddress"] = ip
+        record = {"type": args.typ, "name": args.name, "id": f"{args.name}-id", "inputs": _plain(args.inputs)}
+        if args.typ in IP_FIELD:
+            ip_counter[0] += 1
+            state[IP_FIELD[args.typ]] = record["ip"] = f"203.0.113.{ip_counter[0]}"
+        if args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            state["latestVersion"] = 1
+        if args.typ == "gcp:compute/instanceTemplate:InstanceTemplate":
+            state["selfLinkUnique"] = f"{args.name}-id"  # as the id: the wiring can be followed
         if "name" not in state:
             state["name"] = args.name
-        resources.append({"type": args.typ, "name": args.name, "inputs": _plain(args.inputs)})
+        resources.append(record)
         return f"{args.name}-id", state
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
-        return {}
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
+        calls.append({"token": args.token, "args": _plain(dict(args.args))})
+        return answer(args.token, dict(args.args))
+
+
+def mock_ami(name: str, region: str) -> str:
+    """The AMI id the mock SSM parameter holds: differs per region and per parameter (architecture)."""
+    return "ami-" + hashlib.sha256(f"{region}|{name}".encode()).hexdigest()[:17]
+
+
+def answer(token: str, args: dict[str, Any]) -> dict[str, Any]:
+    """What the clouds would answer; GCP zones without `-a`, as in us-east1 (b, c, d)."""
+    if token == "gcp:compute/getZones:getZones":
+        region = args["region"]
+        return {"id": region, "names": [f"{region}-d", f"{region}-b", f"{region}-c"], "project": "p", "region": region}
+    if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+        region = args["region"]
+        names = [f"{region}{z}" for z in "abcdef"]
+        return {
+            "id": region,
+            "names": names,
+            "zoneIds": [f"z-{n}" for n in names],
+            "groupNames": names,
+            "region": region,
+        }
+    if token == "aws:ssm/getParameter:getParameter":
+        name, region = args["name"], args["region"]
+        return {
+            "id": name,
+            "name": name,
+            "arn": f"arn:aws:ssm:{region}::parameter{name}",
+            "type": "String",
+            "value": mock_ami(name, region),
+            "insecureValue": mock_ami(name, region),
+            "version": 1,
+            "withDecryption": True,
+            "region": region,
+        }
+    raise ValueError(f"mockrun: no mock answer for {token}")
 
 
 def _plain(value: Any) -> Any:
@@ -55,7 +118,7 @@ def main() -> None:
         {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}, ["meshctl-stacks:joinToken"]
     )
     pulumi.runtime.set_mocks(Mocks(), project="meshctl-stacks", stack=stack, preview=False)
-    pulumi.export = lambda name, value: exports.__setitem__(name, value)  # type: ignore[assignment]
+    pulumi.export = lambda name, value: exports.__setitem__(name, value)
     result: dict[str, Any] = {"error": None}
 
     @pulumi.runtime.test
@@ -68,7 +131,10 @@ def main() -> None:
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["traceback"] = traceback.format_exc()[-3000:]
+    for r in resources:
+        r["protect"] = protected.get((r["type"], r["name"]), False)
     result["resources"] = resources
+    result["calls"] = calls
     print(json.dumps(result, default=str))
 
 

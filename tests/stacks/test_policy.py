@@ -44,6 +44,18 @@ def test_no_ssh_or_rdp_from_the_internet() -> None:
     )
 
 
+def test_gcp_firewall_without_sources_is_open_to_the_world() -> None:
+    fw = "gcp:compute/firewall:Firewall"
+    ssh = {"direction": "INGRESS", "allows": [{"protocol": "tcp", "ports": ["22"]}], "targetTags": ["n"]}
+    for empty in ({**ssh, "sourceRanges": []}, ssh):  # empty, or missing
+        assert rules.gcp_firewall_has_sources(fw, empty)
+        assert any("SSH" in m for m in rules.no_admin_ports_from_internet(fw, empty))
+    assert not rules.gcp_firewall_has_sources(fw, {**ssh, "sourceRanges": ["2001:db8::/32"]})
+    assert not rules.gcp_firewall_has_sources(fw, {**ssh, "sourceTags": ["bastion"]})
+    assert not rules.no_admin_ports_from_internet(fw, {**ssh, "sourceRanges": ["198.51.100.0/24"]})
+    assert not rules.gcp_firewall_has_sources(fw, {**ssh, "direction": "EGRESS"})
+
+
 def test_wireguard_must_be_open() -> None:
     sg = ("aws:ec2/securityGroup:SecurityGroup", {"tags": TAGS})
     closed = [(SG_RULE, {"ipProtocol": "tcp", "fromPort": 443, "toPort": 443, "cidrIpv4": "0.0.0.0/0"})]
@@ -83,6 +95,23 @@ def test_instance_types_from_allow_list() -> None:
     )
 
 
+def test_node_pools_span_two_zones() -> None:
+    asg = "aws:autoscaling/group:Group"
+    assert rules.pool_spans_zones(asg, {"vpcZoneIdentifiers": ["subnet-a"]})
+    assert not rules.pool_spans_zones(asg, {"vpcZoneIdentifiers": ["subnet-a", "subnet-b"]})
+    mig = "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager"
+    assert rules.pool_spans_zones(mig, {"distributionPolicyZones": ["us-east1-b", "us-east1-b"]})
+    assert rules.pool_spans_zones("azure-native:compute:VirtualMachineScaleSet", {})
+    assert not rules.pool_spans_zones("azure-native:compute:VirtualMachineScaleSet", {"zones": ["1", "2", "3"]})
+
+
+def test_autoscaling_group_tags_count_only_when_propagated() -> None:
+    asg = "aws:autoscaling/group:Group"
+    tags = [{"key": k, "value": v, "propagateAtLaunch": True} for k, v in TAGS.items()]
+    assert not rules.required_tags(asg, {"tags": tags})
+    assert rules.required_tags(asg, {"tags": [{**t, "propagateAtLaunch": False} for t in tags]})
+
+
 def test_pack_policies_report_through_pulumi_policy_args() -> None:
     from pack import POLICIES
     from pulumi_policy import ResourceValidationArgs
@@ -90,9 +119,11 @@ def test_pack_policies_report_through_pulumi_policy_args() -> None:
     by_name = {p.name: p for p in POLICIES}
     assert set(by_name) == {
         "no-admin-ports-from-internet",
+        "gcp-firewall-explicit-sources",
         "required-tags",
         "allowed-instance-types",
         "wireguard-port-open",
+        "pool-spans-zones",
     }
     seen: list[str] = []
     args = ResourceValidationArgs(
@@ -100,7 +131,7 @@ def test_pack_policies_report_through_pulumi_policy_args() -> None:
         props={"ipProtocol": "tcp", "fromPort": 0, "toPort": 65535, "cidrIpv4": "0.0.0.0/0"},
         urn="urn:pulumi:dev::p::t::n",
         name="n",
-        opts=None,
+        opts=None,  # type: ignore[arg-type]
         provider=None,
     )
     by_name["no-admin-ports-from-internet"].validate(args, lambda msg, urn: seen.append(msg))

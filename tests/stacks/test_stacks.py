@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -11,54 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rules
 import yaml
+from meshstack import cloudinit
+from meshstack.model import StackConfigError, validate
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "stacks"))
-sys.path.insert(0, str(ROOT / "stacks" / "policy"))
-
-import rules  # noqa: E402
-from meshstack import cloudinit  # noqa: E402
-from meshstack.model import StackConfigError, validate  # noqa: E402
-
-TOKEN = "msh_j_THE-JOIN-TOKEN-must-stay-secret"
-SECRET_SIG = "4dabf18193072939515e22adb298388d"
-CLOUDS = ("aws", "gcp", "azure")
-
-
-def stack_config(cloud: str) -> dict[str, Any]:
-    cfg = yaml.safe_load((ROOT / "stacks" / f"Pulumi.dev-{cloud}.yaml").read_text())["config"]
-    cfg["meshctl-stacks:joinToken"] = TOKEN
-    return cfg
-
-
-def run_program(stack: str, config: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "stacks" / "mockrun.py"), stack, json.dumps(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def unsecret(value: Any) -> tuple[Any, bool]:
-    if isinstance(value, dict) and SECRET_SIG in value:
-        return value["value"], True
-    return value, False
-
-
-@pytest.fixture(scope="module", params=CLOUDS)
-def program(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    result = run_program(f"dev-{request.param}", stack_config(request.param))
-    assert result["error"] is None, result.get("traceback")
-    return request.param, result
-
-
-def of_type(result: dict[str, Any], typ: str) -> list[dict[str, Any]]:
-    return [r for r in result["resources"] if r["type"] == typ]
-
+from tests.stacks.conftest import (
+    CLOUDS,
+    POOL_TYPES,
+    ROOT,
+    TOKEN,
+    of_type,
+    run_program,
+    stack_config,
+    user_data_docs,
+)
 
 EXPECTED_OPEN = {
     ("udp", 51820, 51820, "0.0.0.0/0"),
@@ -98,58 +66,65 @@ def test_firewall_opens_exactly_wireguard_media_and_admin_ssh(program: tuple[str
     expected = {("udp", 51820, 51820, "0.0.0.0/0")}
     for p in cfg["mediaPorts"]:
         expected.add((p["protocol"], p["from"], p["to"], "0.0.0.0/0"))
+    expected |= {(p, lo, hi, "::/0") for p, lo, hi, src in expected if src == "0.0.0.0/0"}  # IPv6 too
     expected |= {("tcp", 22, 22, c) for c in cfg["adminCidrs"]}
-    if cloud != "gcp":  # GCP rules take one address family; the others open IPv6 too
-        expected |= {(p, lo, hi, "::/0") for p, lo, hi, src in expected if src == "0.0.0.0/0"}
     assert inbound(cloud, result) == expected
 
 
-def test_node_count_per_region_and_outputs(program: tuple[str, dict[str, Any]]) -> None:
+def test_a_pool_per_region_sized_from_config_and_outputs(program: tuple[str, dict[str, Any]]) -> None:
     cloud, result = program
     cfg = stack_config(cloud)["meshctl-stacks:mesh"]
-    instance_type = {
-        "aws": "aws:ec2/instance:Instance",
-        "gcp": "gcp:compute/instance:Instance",
-        "azure": "azure-native:compute:VirtualMachine",
-    }[cloud]
-    assert len(of_type(result, instance_type)) == sum(r["nodes"] for r in cfg["regions"])
-    nodes = result["outputs"]["nodes"]
+    pools = result["outputs"]["pools"]
     for spec in cfg["regions"]:
-        assert sum(1 for n in nodes if n["region"] == spec["region"]) == spec["nodes"]
-    assert all(n["public_ip"].startswith("203.0.113.") and n["name"] for n in nodes)
+        mine = [p for p in pools if p["region"] == spec["region"]]
+        assert mine and sum(p["nodes"] for p in mine) == spec["nodes"], mine
+        assert {(p["minNodes"], p["maxNodes"]) for p in mine} == {
+            (spec.get("minNodes", spec["nodes"]), spec.get("maxNodes", spec["nodes"]))
+        }
+    assert len(of_type(result, POOL_TYPES[cloud])) == len(pools)
+    assert not of_type(
+        result, {"aws": "aws:ec2/instance:Instance", "gcp": "gcp:compute/instance:Instance"}.get(cloud, "-")
+    )
+    assert not of_type(result, "azure-native:compute:VirtualMachine"), "VMs come from the pools only"
     components = [r for r in result["resources"] if r["type"] == f"meshctl:{cloud}:MediaRegion"]
     assert len(components) == len(cfg["regions"])
 
 
+NETWORKS = {
+    "aws": "aws:ec2/vpc:Vpc",
+    "gcp": "gcp:compute/network:Network",
+    "azure": "azure-native:network:VirtualNetwork",
+}
+ADDRESSES = {"aws": "aws:ec2/eip:Eip", "azure": "azure-native:network:PublicIPPrefix"}
+
+
+def test_networks_and_address_pools_are_protected(program: tuple[str, dict[str, Any]]) -> None:
+    """A `pulumi destroy` or a refactoring must not delete a network or the nodes' addresses by accident."""
+    cloud, result = program
+    networks = of_type(result, NETWORKS[cloud])
+    assert networks and all(r["protect"] for r in networks)
+    if cloud in ADDRESSES:
+        addresses = of_type(result, ADDRESSES[cloud])
+        assert addresses and all(r["protect"] for r in addresses)
+    assert not all(r["protect"] for r in result["resources"]), "only what must not go by accident"
+
+
 def test_tags_on_every_resource(program: tuple[str, dict[str, Any]]) -> None:
-    _, result = program
-    checked = 0
+    cloud, result = program
+    checked = set()
     for r in result["resources"]:
         problems = rules.required_tags(r["type"], r["inputs"])
         assert problems == [], (r["type"], r["name"], problems)
-        checked += r["type"] in rules.TAGGABLE
-    assert checked >= 5
+        if r["type"] in rules.TAGGABLE:
+            checked.add(r["type"])
+    # at least what the nodes are made from: the pool (AWS, Azure) or its template (GCP), and more
+    assert len(checked) >= {"aws": 6, "gcp": 1, "azure": 4}[cloud], checked
 
 
 def test_cloud_init_joins_with_the_token_and_token_stays_secret(program: tuple[str, dict[str, Any]]) -> None:
     cloud, result = program
     cfg = stack_config(cloud)["meshctl-stacks:mesh"]
-    docs = []
-    for r in result["resources"]:
-        p = r["inputs"]
-        if r["type"] == "aws:ec2/instance:Instance":
-            docs.append(unsecret(p["userData"]))
-        elif r["type"] == "gcp:compute/instance:Instance":
-            docs.append(
-                unsecret(p["metadata"]["user-data"])
-                if not unsecret(p["metadata"])[1]
-                else (unsecret(p["metadata"])[0]["user-data"], True)
-            )
-        elif r["type"] == "azure-native:compute:VirtualMachine":
-            profile, secret = unsecret(p["osProfile"])
-            import base64
-
-            docs.append((base64.b64decode(profile["customData"]).decode(), secret))
+    docs = user_data_docs(result)
     assert docs
     for text, secret in docs:
         assert secret, "user data must be a Pulumi secret"
@@ -159,7 +134,9 @@ def test_cloud_init_joins_with_the_token_and_token_stays_secret(program: tuple[s
         assert agent["join_token"] == TOKEN and agent["controller"] == cfg["controllerUrl"]
         assert agent["region"].startswith(f"{cloud}:")
         assert next(f for f in doc["write_files"] if f["path"] == "/etc/meshctl/agent.yaml")["permissions"] == "0600"
-        assert ["systemctl", "enable", "--now", "meshctl-agent.service"] in doc["runcmd"]
+        assert doc["runcmd"] == [[cloudinit.INSTALLER]]
+        installer = next(f for f in doc["write_files"] if f["path"] == cloudinit.INSTALLER)
+        assert installer["content"].rstrip().endswith("systemctl enable --now meshctl-agent.service")
         assert "wireguard-tools" in doc["packages"]
     assert TOKEN not in json.dumps(result["outputs"])
     for r in result["resources"]:
@@ -200,6 +177,36 @@ BAD = [
     (lambda m: m.pop("controllerUrl"), "meshctl-stacks:mesh.controllerUrl", "gcp"),
     (lambda m: m.update(cloud="oracle"), "meshctl-stacks:mesh.cloud", "aws"),
     (lambda m: m.update(mediaPorts=[{"protocol": "tcp", "from": 1, "to": 1024}]), "mediaPorts[0]", "aws"),
+    # together the whole internet: refused like 0.0.0.0/0 itself
+    (lambda m: m.update(adminCidrs=["0.0.0.0/1", "128.0.0.0/1"]), "meshctl-stacks:mesh.adminCidrs", "aws"),
+    (lambda m: m.update(adminCidrs=["10.0.0.0/8", "::/1", "8000::/1"]), "meshctl-stacks:mesh.adminCidrs", "gcp"),
+    (
+        lambda m: m.update(adminCidrs=[str(n) for n in __import__("ipaddress").ip_network("0.0.0.0/0").subnets(3)]),
+        "meshctl-stacks:mesh.adminCidrs",
+        "azure",
+    ),
+    # GCP instance names: at most 63 characters
+    (lambda m: m.update(name="a" * 32, environment="staging-eu-west"), "meshctl-stacks:mesh.name", "gcp"),
+    (lambda m: m.update(agentWheelUrl="https://x.example/meshctl-1.0-py3-none-any.whl"), "agentWheelSha256", "aws"),
+    (lambda m: m.update(agentWheelSha256="ab" * 32), "agentWheelUrl", "aws"),
+    (lambda m: m.update(agentWheelUrl="http://x.example/a.whl", agentWheelSha256="ab" * 32), "agentWheelUrl", "gcp"),
+    (lambda m: m.update(agentWheelUrl="https://x.example/a.whl", agentWheelSha256="XYZ"), "agentWheelSha256", "gcp"),
+    # the wheel without its wheelhouse (or the reverse) cannot install with --no-index
+    (
+        lambda m: m.update(agentWheelUrl="https://x.example/a.whl", agentWheelSha256="ab" * 32),
+        "agentWheelhouseUrl",
+        "aws",
+    ),
+    (
+        lambda m: m.update(agentWheelhouseUrl="https://x.example/w.zip", agentWheelhouseSha256="ab" * 32),
+        "agentWheelhouseUrl",
+        "azure",
+    ),
+    # pool bounds
+    (lambda m: m["regions"][0].update(nodes=2, minNodes=3), "meshctl-stacks:mesh.regions[0].minNodes", "aws"),
+    (lambda m: m["regions"][0].update(nodes=2, maxNodes=1), "meshctl-stacks:mesh.regions[0].maxNodes", "azure"),
+    (lambda m: m["regions"][1].update(spotPercent=120), "meshctl-stacks:mesh.regions[1].spotPercent", "aws"),
+    (lambda m: m["regions"][1].update(onDemandBase=5), "meshctl-stacks:mesh.regions[1].onDemandBase", "aws"),
 ]
 
 
@@ -231,3 +238,90 @@ def test_cloud_init_renders_valid_yaml() -> None:
     doc = yaml.safe_load(cloudinit.render("https://c.example", "aws:us-east-1", "tok: with: colons\n#x"))
     agent = yaml.safe_load(doc["write_files"][0]["content"])
     assert agent["join_token"] == "tok: with: colons\n#x" and agent["endpoint"] == "auto"
+
+
+def test_node_names_fit_gcp_63_characters() -> None:
+    """A GCP pool names its VMs <base_instance_name>-<4 characters>: the base is at most 58."""
+    from meshstack import registry
+    from meshstack.model import pool_name
+
+    mesh = copy.deepcopy(stack_config("gcp")["meshctl-stacks:mesh"])
+    mesh.update(name="m" * 17, environment="e" * 16)
+    mesh["regions"] = [{"region": "gcp:northamerica-northeast2", "nodes": 100}]
+    settings = validate(mesh, registry.known_regions("gcp"))  # 17+1+16+1+23 = 58, +5 = 63
+    assert len(pool_name(settings, "gcp:northamerica-northeast2")) + 5 == 63
+    mesh["name"] = "m" * 18
+    with pytest.raises(StackConfigError, match=r"mesh\.name: node names would be 64 characters"):
+        validate(mesh, registry.known_regions("gcp"))
+
+
+def test_admin_cidrs_split_by_address_family_never_empty() -> None:
+    from meshstack import registry
+    from meshstack.model import firewall_rules
+
+    mesh = copy.deepcopy(stack_config("gcp")["meshctl-stacks:mesh"])
+    mesh["adminCidrs"] = ["2001:db8::/32"]  # IPv6 only
+    rules_ = firewall_rules(validate(mesh, registry.known_regions("gcp")))
+    import ipaddress
+
+    for rule in rules_:
+        assert rule.sources, rule
+        assert {ipaddress.ip_network(s).version for s in rule.sources} == {rule.family}, rule
+    ssh = [r for r in rules_ if r.from_port == 22]
+    assert [(r.family, r.sources) for r in ssh] == [(6, ("2001:db8::/32",))]
+
+
+def test_agent_unit_read_write_paths_may_be_missing() -> None:
+    doc = yaml.safe_load(cloudinit.render("https://c.example", "aws:us-east-1", "tok"))
+    unit = next(f["content"] for f in doc["write_files"] if f["path"].endswith("meshctl-agent.service"))
+    entries = [e for line in unit.splitlines() if line.startswith("ReadWritePaths=") for e in line[15:].split()]
+    assert "-/run/wireguard" in entries and "-/var/run/wireguard" in entries
+    assert all(e.startswith("-") for e in entries), entries  # else 226/NAMESPACE when one is missing
+
+
+def test_agent_install_is_pinned_and_hash_checked() -> None:
+    url, digest = "https://artifacts.example/meshctl-1.2.3-py3-none-any.whl", "0f" * 32
+    house, house_digest = "https://artifacts.example/meshctl-agent-wheelhouse-1.2.3-cp312.tar.gz", "1e" * 32
+    doc = yaml.safe_load(
+        cloudinit.render(
+            "https://c.example",
+            "aws:us-east-1",
+            "tok",
+            url,
+            digest,
+            wheelhouse_url=house,
+            wheelhouse_sha256=house_digest,
+        )
+    )
+    text = json.dumps(doc)
+    assert "pip install meshctl" not in text and 'install", "--quiet", "meshctl' not in text
+    script = next(f["content"] for f in doc["write_files"] if f["path"] == cloudinit.INSTALLER)
+    assert f"WHEEL_URL={url}" in script and f"WHEEL_SHA256={digest}" in script
+    assert f"WHEELHOUSE_URL={house}" in script and f"WHEELHOUSE_SHA256={house_digest}" in script
+    assert script.count("sha256sum -c --status -") == 2 and script.rindex("sha256sum") < script.index('pip" install')
+    assert "--no-index --require-hashes" in script and "meshctl[agent] @ file://%s --hash=sha256:%s" in script
+    assert "set -eu" in script
+
+
+def test_agent_install_without_a_wheel_fails_the_boot_clearly(tmp_path: Path) -> None:
+    doc = yaml.safe_load(cloudinit.render("https://c.example", "aws:us-east-1", "tok"))
+    script = tmp_path / "install"
+    script.write_text(next(f["content"] for f in doc["write_files"] if f["path"] == cloudinit.INSTALLER))
+    r = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "agentWheelUrl" in r.stderr and "another project" in r.stderr
+
+
+def test_user_data_passes_cloud_init_schema(program: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
+    """Debian's cloud-init validates what each cloud's nodes get (`cloud-init schema --config-file`)."""
+    binary = shutil.which("cloud-init")
+    if binary is None:
+        pytest.skip("cloud-init is not installed (scripts/setup-system.sh --test installs it)")
+    cloud, result = program
+    docs = {text for text, _ in user_data_docs(result)}
+    assert docs
+    for n, text in enumerate(sorted(docs)):
+        path = tmp_path / f"{cloud}-{n}.yaml"
+        path.write_text(text)
+        r = subprocess.run([binary, "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "Valid cloud-config" in r.stdout, r.stdout + r.stderr

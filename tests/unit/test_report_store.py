@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
 
 from meshctl.store.db import Store
+from meshctl.store.values import Node, Region
 
 
 @pytest.fixture
@@ -65,3 +67,15 @@ def test_an_acknowledged_write_is_synced_to_disk(database_url: str) -> None:
                 assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
     finally:
         st.close()
+
+
+def test_the_store_hands_out_frozen_values(store: Store) -> None:
+    """What the store returns is a value, not an ORM row a caller could change behind its back."""
+    node = store.nodes()[0]
+    region = store.regions()[0]
+    assert isinstance(node, Node) and isinstance(region, Region)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        node.last_seq = 99  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        region.lat = 1.0  # type: ignore[misc]
+    assert store.nodes()[0] == node

@@ -2,25 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 
-from meshctl.api import schemas as s
 from meshctl.api.deps import Admin, AnyCaller, Ctl, Node, Reader
-from meshctl.service.controller import Forbidden
+from meshctl.api.params import RegionQuery
+from meshctl.api.problems import AUTH, BODY, problem_responses
+from meshctl.service.auth import Principal
+from meshctl.service.errors import Forbidden
+from meshctl.wire import schemas as s
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
 
+NodeId = Annotated[str, Path(max_length=64, description="A node id, e.g. n-0123456789abcdef")]
+ETAG_HEADERS: dict[str, Any] = {
+    "ETag": {"description": 'The peer generation as an entity tag, `"p<generation>"`', "schema": {"type": "string"}}
+}
 
-@router.post("", response_model=s.NodeJoined, status_code=201)
+
+@router.post(
+    "",
+    response_model=s.NodeJoined,
+    status_code=201,
+    responses=problem_responses(401, 403, 404, 409, *BODY, 503),
+    openapi_extra={"security": []},  # no bearer token: the join token or the signed document is the proof
+)
 async def join(body: s.NodeJoin, ctl: Ctl) -> s.NodeJoined:
-    """Join with a join token; the node keeps its private key, we keep its public key."""
+    """Join with a join token (labs, on-prem) or by cloud identity (`attestation`), exactly one of the two;
+    the node keeps its private key, we keep its public key.
+
+    401 `attestation-<cause>` when the identity document does not verify (forged, altered, another
+    cloud's, wrong audience, expired, nonce spent or not ours); 403 `join-policy` when no join policy
+    admits it (the rule is named), or `forbidden` when the join token is unknown, expired, used up or
+    for another region; 409 when the same cloud instance is a live node already (remove it first).
+    """
     return await ctl.join(body)
 
 
-@router.get("", response_model=list[s.NodeOut])
-async def list_nodes(ctl: Ctl, _: Reader, region: str | None = None) -> list[s.NodeOut]:
+@router.get("", response_model=list[s.NodeOut], responses=problem_responses(*AUTH, 422))
+async def list_nodes(ctl: Ctl, _: Reader, region: RegionQuery = None) -> list[s.NodeOut]:
     return [
         ctl.node_out(n)
         for n in sorted(ctl.nodes.values(), key=lambda n: (n.region, n.name))
@@ -28,65 +49,72 @@ async def list_nodes(ctl: Ctl, _: Reader, region: str | None = None) -> list[s.N
     ]
 
 
-@router.get("/{node_id}", response_model=s.NodeOut)
-async def get_node(node_id: str, ctl: Ctl, who: AnyCaller) -> s.NodeOut:
+@router.get("/{node_id}", response_model=s.NodeOut, responses=problem_responses(*AUTH, 404, 422))
+async def get_node(node_id: NodeId, ctl: Ctl, who: AnyCaller) -> s.NodeOut:
+    """One node (a node credential may read only its own)."""
     _self_or_reader(who, node_id)
     return ctl.node_out(ctl.get_node(node_id))
 
 
-@router.delete("/{node_id}", response_model=s.NodeOut)
-async def remove_node(node_id: str, ctl: Ctl, _: Admin) -> s.NodeOut:
+@router.delete("/{node_id}", response_model=s.NodeOut, responses=problem_responses(*AUTH, 404, 422, 503))
+async def remove_node(node_id: NodeId, ctl: Ctl, _: Admin) -> s.NodeOut:
     return await ctl.remove_node(node_id)
 
 
-def _etag(generation: int) -> str:
-    return f'"p{generation}"'
-
-
 @router.get(
-    "/{node_id}/peers", response_model=s.PeerList, responses={304: {"description": "unchanged since the given ETag"}}
+    "/{node_id}/peers",
+    response_model=s.PeerList,
+    responses={
+        200: {"headers": ETAG_HEADERS},
+        304: {"description": "Unchanged: If-None-Match names the current ETag", "headers": ETAG_HEADERS},
+        **problem_responses(*AUTH, 404, 422),
+    },
 )
 async def peers(
-    node_id: str,
+    node_id: NodeId,
     ctl: Ctl,
     who: AnyCaller,
     response: Response,
-    if_none_match: Annotated[str | None, Header()] = None,
-    wait: Annotated[float, Query(ge=0, le=30)] = 0,
+    if_none_match: Annotated[str | None, Header(description="An ETag from an earlier answer")] = None,
+    wait: Annotated[
+        float, Query(ge=0, le=30, description="Long poll: with If-None-Match, hold up to this many seconds")
+    ] = 0,
 ) -> s.PeerList | Response:
     """The node's peers; with If-None-Match and `wait`, a long poll until they change."""
     _self_or_reader(who, node_id)
     ctl.get_node(node_id)
-    if if_none_match is not None and if_none_match == _etag(ctl.peer_generation) and wait > 0:
-        start = ctl.peer_generation
+    start = ctl.peer_generation
+    if wait > 0 and s.etag_matches(if_none_match, s.peers_etag(start)):
         await ctl.wait_changed(lambda: ctl.peer_generation != start or node_id not in ctl.nodes, wait)
     peer_list = ctl.peers_of(node_id)
-    etag = _etag(peer_list.generation)
-    if if_none_match == etag:
+    etag = s.peers_etag(peer_list.generation)
+    if s.etag_matches(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
     response.headers["ETag"] = etag
     return peer_list
 
 
-@router.put("/{node_id}/key", response_model=s.NodeOut)
-async def rotate_key(node_id: str, body: s.NodeKeyUpdate, ctl: Ctl, who: Node) -> s.NodeOut:
+@router.put("/{node_id}/key", response_model=s.NodeOut, responses=problem_responses(*AUTH, 404, *BODY, 503))
+async def rotate_key(node_id: NodeId, body: s.NodeKeyUpdate, ctl: Ctl, who: Node) -> s.NodeOut:
+    """A node's new public key (with its own credential)."""
     _only_self(who, node_id)
     return await ctl.update_node(node_id, public_key=body.public_key)
 
 
-@router.put("/{node_id}/endpoint", response_model=s.NodeOut)
-async def set_endpoint(node_id: str, body: s.NodeEndpointUpdate, ctl: Ctl, who: Node) -> s.NodeOut:
+@router.put("/{node_id}/endpoint", response_model=s.NodeOut, responses=problem_responses(*AUTH, 404, *BODY, 503))
+async def set_endpoint(node_id: NodeId, body: s.NodeEndpointUpdate, ctl: Ctl, who: Node) -> s.NodeOut:
+    """A node's new public endpoint (with its own credential)."""
     _only_self(who, node_id)
     return await ctl.update_node(node_id, endpoint=body.endpoint)
 
 
-def _only_self(who: object, node_id: str) -> None:
-    if getattr(who, "id", None) != node_id:
+def _only_self(who: Principal, node_id: str) -> None:
+    if who.kind != "node" or who.id != node_id:
         raise Forbidden("a node credential acts only for its own node")
 
 
-def _self_or_reader(who: object, node_id: str) -> None:
-    if getattr(who, "kind", None) == "node":
+def _self_or_reader(who: Principal, node_id: str) -> None:
+    if who.kind == "node":
         _only_self(who, node_id)
-    elif not who.allows("reader"):  # type: ignore[attr-defined]
+    elif not who.allows("reader"):
         raise Forbidden("this needs the reader scope")

@@ -2,41 +2,85 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
-from meshctl.api import schemas as s
 from meshctl.api.deps import Ctl, Reader, bearer
-from meshctl.service.controller import Controller, Forbidden, ServiceError
+from meshctl.api.params import RegionPath, RegionQuery, parse_bool
+from meshctl.api.problems import AUTH, problem_responses, service_error_response
+from meshctl.service.controller import Controller
+from meshctl.service.errors import Forbidden, Invalid, ServiceError
+from meshctl.wire import schemas as s
 
 router = APIRouter(prefix="/v1", tags=["routes"])
 
+ETAG_HEADERS: dict[str, Any] = {
+    "ETag": {"description": 'The route generation as an entity tag, `"g<generation>"`', "schema": {"type": "string"}},
+}
 
-@router.get("/links", response_model=s.LinksOut)
+
+@router.get("/links", response_model=s.LinksOut, responses=problem_responses(*AUTH))
 async def links(ctl: Ctl, _: Reader) -> s.LinksOut:
+    """The measured links between regions, with their age and whether they are fresh."""
     return ctl.links_out()
 
 
-def _etag(ctl: Ctl) -> str:
-    return f'"g{ctl.snapshot.generation}"'
-
-
-@router.get("/routes", response_model=s.RouteTableOut)
+@router.get(
+    "/routes",
+    response_model=s.RouteTableOut,
+    responses={
+        200: {"headers": ETAG_HEADERS},
+        304: {"description": "Unchanged: If-None-Match names the current ETag", "headers": ETAG_HEADERS},
+        **problem_responses(*AUTH, 422),
+    },
+)
 async def routes(
-    ctl: Ctl, _: Reader, response: Response, if_none_match: Annotated[str | None, Header()] = None
+    ctl: Ctl,
+    _: Reader,
+    response: Response,
+    if_none_match: Annotated[str | None, Header(description="An ETag from an earlier answer")] = None,
+    wait: Annotated[
+        float,
+        Query(ge=0, le=60, description="Long poll: with If-None-Match, hold up to this many seconds for a change"),
+    ] = 0,
 ) -> s.RouteTableOut | Response:
-    etag = _etag(ctl)
-    if if_none_match == etag:
+    """The whole route table with its generation; `If-None-Match` and `wait` make it a long poll.
+
+    When If-None-Match names the current ETag and `wait` > 0, the answer waits until the
+    generation changes (200 with the new table) or `wait` runs out (304).
+    """
+    generation = ctl.snapshot.generation
+    if wait > 0 and s.etag_matches(if_none_match, s.routes_etag(generation)):
+        await ctl.wait_changed(lambda: ctl.snapshot.generation != generation, wait)
+    table = ctl.route_table_out()
+    etag = s.routes_etag(table.generation)
+    if s.etag_matches(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
     response.headers["ETag"] = etag
-    return ctl.route_table_out()
+    return table
 
 
-@router.get("/routes/{src}/{dst}", response_model=s.RouteExplained | s.RouteOut)
-async def route(src: str, dst: str, request: Request, explain: bool = False) -> Response:
+@router.get(
+    "/routes/{src}/{dst}",
+    response_model=s.RouteExplained | s.RouteOut,
+    responses={
+        200: {
+            "headers": {
+                **ETAG_HEADERS,
+                "X-Mesh-Generation": {"description": "The route generation", "schema": {"type": "integer"}},
+            }
+        },
+        **problem_responses(*AUTH, 404, 422),
+    },
+)
+async def route(
+    src: RegionPath,
+    dst: RegionPath,
+    request: Request,
+    explain: Annotated[bool, Query(description="Add the candidates and why this path")] = False,
+) -> Response:
     """The path from src to dst; `?explain=true` adds the candidates and why this one.
 
     Served by `fast_route` (matched first); this declaration documents it in OpenAPI.
@@ -52,28 +96,28 @@ async def _fast_route(request: Request) -> Response:
         if not who.allows("reader"):
             raise Forbidden("this needs the reader scope")
         src, dst = request.path_params["src"], request.path_params["dst"]
+        explain = request.query_params.get("explain")
+        want_explain = False if explain is None else parse_bool(explain)
+        if want_explain is None:
+            raise Invalid("explain: give true or false", field="explain")
         generation = ctl.snapshot.generation
-        headers = {"ETag": f'"g{generation}"', "X-Mesh-Generation": str(generation)}
-        if request.query_params.get("explain", "false").lower() in ("1", "true", "yes"):
-            body = ctl.explain(src, dst).model_dump_json().encode()
-        else:
-            body = ctl.route_json(src, dst)
+        headers = {"ETag": s.routes_etag(generation), "X-Mesh-Generation": str(generation)}
+        body = ctl.explain(src, dst).model_dump_json().encode() if want_explain else ctl.route_json(src, dst)
     except ServiceError as exc:
-        extra = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=exc.status, headers=extra)
+        return service_error_response(exc)
     return Response(body, media_type="application/json", headers=headers)
 
 
 fast_route = Route("/v1/routes/{src}/{dst}", _fast_route, methods=["GET"], include_in_schema=False)
 
 
-@router.get("/placement", response_model=s.PlacementOut)
+@router.get("/placement", response_model=s.PlacementOut, responses=problem_responses(*AUTH, 404, 422, 503))
 async def placement(
     ctl: Ctl,
     _: Reader,
-    near: str | None = None,
-    lat: Annotated[float | None, Query(ge=-90, le=90)] = None,
+    near: RegionQuery = None,
+    lat: Annotated[float | None, Query(ge=-90, le=90, description="With lon: place near this point")] = None,
     lon: Annotated[float | None, Query(ge=-180, le=180)] = None,
 ) -> s.PlacementOut:
-    """Best healthy region for a client near a region id or a lat/lon."""
+    """Best healthy region for a client near a region id or a lat/lon (give one of the two)."""
     return ctl.placement(near, lat, lon)

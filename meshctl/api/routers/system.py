@@ -3,31 +3,39 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from meshctl.api import schemas as s
 from meshctl.api.deps import Ctl, Reader
+from meshctl.api.problems import AUTH, problem_responses
+from meshctl.wire import schemas as s
 
-router = APIRouter()
+router = APIRouter(tags=["system"])
 
 
-@router.get("/healthz", tags=["system"])
-async def healthz(ctl: Ctl) -> dict[str, object]:
+@router.get("/healthz", response_model=s.HealthOut)
+async def healthz(ctl: Ctl) -> s.HealthOut:
     """Liveness: always 200 while the process serves; says whether the database answers."""
-    return {
-        "ok": True,
-        "store": "up" if ctl.store_ok else "down",
-        "leader": ctl.is_leader,
-        "replica_id": ctl.settings.replica_id,
-        "generation": ctl.snapshot.generation,
-    }
+    return s.HealthOut(
+        ok=True,
+        store="up" if ctl.store_ok else "down",
+        leader=ctl.is_leader,
+        replica_id=ctl.settings.replica_id,
+        generation=ctl.snapshot.generation,
+    )
 
 
-@router.get("/metrics", tags=["system"])
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus text exposition format", "content": {"text/plain": {}}}},
+)
 async def metrics(ctl: Ctl) -> Response:
+    """Prometheus metrics (text exposition format 0.0.4)."""
     return Response(generate_latest(ctl.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/status", response_model=s.StatusOut, tags=["system"])
+@router.get("/v1/status", response_model=s.StatusOut, responses=problem_responses(*AUTH))
 async def status(ctl: Ctl, _: Reader) -> s.StatusOut:
+    """The one-screen status: generation, regions by state, nodes, leader, replicas, alerts."""
     return ctl.status()

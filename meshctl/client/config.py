@@ -1,5 +1,8 @@
 """Named contexts (like kubeconfig): controller URL and token per context, in one YAML file.
 
+Shared by the CLI (`meshctl config ...`), the lab (which makes its controller the current
+context) and any program that wants to connect as `meshctl` would (`Client.from_context`).
+
 File: $MESHCTL_CONFIG, else `<user config dir>/meshctl/config.yaml`, written with mode 0600.
 Precedence when connecting: flags > MESHCTL_CONTROLLER / MESHCTL_TOKEN > the context.
 """
@@ -13,6 +16,8 @@ from typing import Any
 
 import yaml
 from platformdirs import user_config_dir
+
+from meshctl.files import atomic_write
 
 DEFAULT_CONTROLLER = "http://127.0.0.1:8080"
 
@@ -53,11 +58,8 @@ class Config:
     def save(self, path: Path | None = None) -> Path:
         path = path or config_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump({"current-context": self.current_context, "contexts": self.contexts}, f, sort_keys=True)
-        os.replace(tmp, path)
+        text = yaml.safe_dump({"current-context": self.current_context, "contexts": self.contexts}, sort_keys=True)
+        atomic_write(path, text, mode=0o600)
         return path
 
     def set_context(self, name: str, controller: str | None, token: str | None) -> None:

@@ -1,0 +1,174 @@
+"""`Client` (sync) and `AsyncClient`: the endpoints of `_endpoints`, sent with httpx.
+
+Both share everything but the send: request building lives in `Endpoints`, decoding and
+error mapping in `_finish`. The CLI and the lab use `Client`; services and the agent, which
+are async, use `AsyncClient`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import httpx
+
+from meshctl.client._endpoints import Call, Endpoints
+from meshctl.client._errors import Unreachable, from_response
+from meshctl.client._routes import AsyncRoutes, SyncRoutes
+from meshctl.client.config import DEFAULT_CONTROLLER, resolve
+from meshctl.wire import schemas as s
+
+T = TypeVar("T")
+C = TypeVar("C", bound="_Base")
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def unreachable(base_url: str, exc: Exception) -> Unreachable:
+    return Unreachable(f"cannot reach the controller at {base_url} ({type(exc).__name__})", url=base_url)
+
+
+def finish(call: Call[T], resp: httpx.Response) -> T:
+    """The decoded body of a success, or the named error of a failure."""
+    if resp.status_code >= 400:
+        raise from_response(
+            resp.status_code, resp.content, resp.reason_phrase, str(resp.request.url), resp.request.headers
+        )
+    return call.decode(resp.content)
+
+
+def _timeout(call: Call[Any]) -> Any:
+    return httpx.USE_CLIENT_DEFAULT if call.timeout is None else call.timeout
+
+
+class _Base(Endpoints):
+    base_url: str
+    token: str | None
+    timeout: float
+
+    @classmethod
+    def from_context(
+        cls: type[C],
+        controller: str | None = None,
+        token: str | None = None,
+        context: str | None = None,
+        **kwargs: Any,
+    ) -> C:
+        """A client for the controller chosen as `meshctl` would: arguments > environment
+        (MESHCTL_CONTROLLER, MESHCTL_TOKEN) > the named or current context of the config file."""
+        url, tok, _ = resolve(controller, token, context)
+        return cls(url, tok, **kwargs)  # type: ignore[call-arg]  # both subclasses take (url, token)
+
+    def route(self, src: str, dst: str) -> s.RouteOut:
+        """The route from the local table in microseconds, no request (see `routes.watch()`).
+
+        Raises NotFound for a region the table does not know, TableNotLoaded before the first load.
+        """
+        return self.routes.get(src, dst)
+
+    routes: SyncRoutes | AsyncRoutes
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r}, token={'set' if self.token else None})"
+
+
+class Client(_Base):
+    """A synchronous client of the controller's REST API.
+
+    >>> with Client("http://127.0.0.1:8080", token) as mesh:
+    ...     mesh.status().generation
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_CONTROLLER,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        transport: httpx.BaseTransport | None = None,
+        event_hooks: dict[str, list[Any]] | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=auth_headers(token),
+            timeout=timeout,
+            transport=transport,
+            event_hooks=event_hooks,
+        )
+        self.routes: SyncRoutes = SyncRoutes(self.base_url, auth_headers(token), timeout)
+
+    def _run(self, call: Call[T]) -> T:
+        try:
+            resp = self._http.request(
+                call.method, call.path, params=call.params, json=call.json, timeout=_timeout(call)
+            )
+        except httpx.TransportError as exc:
+            raise unreachable(self.base_url, exc) from exc
+        return finish(call, resp)
+
+    def close(self) -> None:
+        """Stop the route watch (if any) and close the connections."""
+        self.routes.stop()
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """An asyncio client of the controller's REST API: the same methods as `Client`, awaited.
+
+    >>> async with AsyncClient("http://127.0.0.1:8080", token) as mesh:
+    ...     await mesh.routes.watch()
+    ...     mesh.route("aws:us-east-1", "gcp:europe-west1").path
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_CONTROLLER,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        transport: httpx.AsyncBaseTransport | None = None,
+        event_hooks: dict[str, list[Any]] | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=auth_headers(token),
+            timeout=timeout,
+            transport=transport,
+            event_hooks=event_hooks,
+        )
+        self.routes: AsyncRoutes = AsyncRoutes(self._http)
+
+    async def _run(self, call: Call[T]) -> T:
+        try:
+            resp = await self._http.request(
+                call.method, call.path, params=call.params, json=call.json, timeout=_timeout(call)
+            )
+        except httpx.TransportError as exc:
+            raise unreachable(self.base_url, exc) from exc
+        return finish(call, resp)
+
+    async def aclose(self) -> None:
+        """Stop the route watch (if any) and close the connections."""
+        await self.routes.stop()
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
