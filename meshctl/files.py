@@ -15,6 +15,9 @@ happens (kill, power loss) at any point:
 
 A kill between 1 and 3 leaves a temporary file (`.<name>.<random>.tmp`) beside the target,
 never in its place; `remove_temps` clears them at the next start.
+
+`read_secret_file` is the one way a command takes a secret from a file (never from its command
+line, which every local user reads in `ps`): a regular file of this user, closed to others.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from pathlib import Path
 
-__all__ = ["TEMP_SUFFIX", "atomic_write", "fsync_dir", "remove_temps", "replace"]
+__all__ = ["TEMP_SUFFIX", "SecretFileError", "atomic_write", "fsync_dir", "read_secret_file", "remove_temps", "replace"]
 
 TEMP_SUFFIX = ".tmp"
 
@@ -82,3 +86,41 @@ def remove_temps(directory: str | os.PathLike[str]) -> int:
             p.unlink()
             gone += 1
     return gone
+
+
+class SecretFileError(ValueError):
+    """A secret file that cannot be trusted or read; the message says why, in one line."""
+
+
+def read_secret_file(path: Path | str, what: str = "token file", max_bytes: int = 4096) -> str:
+    """The secret in `path` (stripped), which must be a regular file of this user with no group or other bits.
+
+    Opened first and checked on the open file (no race between the check and the read); a FIFO
+    does not hang the caller. `what` names the file in errors ("join token file /run/t is ...").
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SecretFileError(f"{what} {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SecretFileError(f"{what} {path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise SecretFileError(f"{what} {path} belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})")
+        if st.st_mode & 0o077:
+            raise SecretFileError(
+                f"{what} {path} is open to others (mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 {path}"
+            )
+        data = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise SecretFileError(f"{what} {path} is over {max_bytes} bytes: not a token")
+    try:
+        secret = data.decode().strip()
+    except UnicodeDecodeError:
+        raise SecretFileError(f"{what} {path} is not text") from None
+    if not secret:
+        raise SecretFileError(f"{what} {path} is empty")
+    return secret

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from meshctl.files import SecretFileError, read_secret_file
 from probes.config import AgentConfig
 from probes.metadata import METADATA, MetadataError, attestation, detect_cloud
 from probes.problem import attestation_cause, describe, is_nonce_refusal
@@ -58,31 +57,9 @@ class Plan:
 def read_token_file(path: Path) -> str:
     """The token in `path`, which must be a regular file of this user with no access for group or others."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not hang the start
-    except OSError as exc:
-        raise JoinError(f"join token file {path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise JoinError(f"join token file {path} is not a regular file")
-        if st.st_uid != os.geteuid():
-            raise JoinError(f"join token file {path} belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})")
-        if st.st_mode & 0o077:
-            raise JoinError(
-                f"join token file {path} is open to others (mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 {path}"
-            )
-        data = os.read(fd, MAX_TOKEN_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_TOKEN_BYTES:
-        raise JoinError(f"join token file {path} is over {MAX_TOKEN_BYTES} bytes: not a join token")
-    try:
-        token = data.decode().strip()
-    except UnicodeDecodeError:
-        raise JoinError(f"join token file {path} is not text") from None
-    if not token:
-        raise JoinError(f"join token file {path} is empty")
-    return token
+        return read_secret_file(path, "join token file", MAX_TOKEN_BYTES)
+    except SecretFileError as exc:
+        raise JoinError(str(exc)) from None
 
 
 def token_of(cfg: AgentConfig) -> str | None:

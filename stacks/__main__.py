@@ -17,9 +17,8 @@ def main() -> None:
     config = pulumi.Config(CONFIG_NAMESPACE)
     raw = config.get_object("mesh")
     cloud = raw.get("cloud") if isinstance(raw, dict) else None
-    token = config.get_secret("joinToken")
-    settings = validate(raw, registry.known_regions(str(cloud)), join_token_set=token is not None)
-    assert token is not None and settings.controller_url is not None
+    settings = validate(raw, registry.known_regions(str(cloud)))
+    assert settings.controller_url is not None
     provider = registry.provider(settings.cloud)
     provider.check(settings)  # the cloud's own rules, still before any resource
     if settings.agent_wheel_url is None:
@@ -30,11 +29,11 @@ def main() -> None:
     shared = provider.shared(settings)
     pools = []
     for spec in settings.regions:
-        user_data = pulumi.Output.secret(token).apply(
-            lambda t, r=spec.region: cloudinit.render(
+        # no secret in the user data: the node joins by its cloud identity (attested join)
+        user_data = pulumi.Output.from_input(
+            cloudinit.render(
                 settings.controller_url or "",
-                r,
-                t,
+                spec.region,
                 settings.agent_wheel_url,
                 settings.agent_wheel_sha256,
                 wheelhouse_url=settings.agent_wheelhouse_url,

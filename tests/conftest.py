@@ -290,3 +290,9 @@ def controller(database_url: str, tmp_path: Path, controller_env: dict[str, str]
         yield proc
     finally:
         proc.kill() if os.environ.get("MESH_TEST_FAST_KILL") else proc.stop()
+
+
+def client_side_backend(request: pytest.FixtureRequest) -> str:
+    """`backend` for modules that test the client side (argv, output, the client library): the
+    store behind the API does not change what they check, and tests/api runs every backend."""
+    return str(request.param)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, cast
 import typer
 
 from meshctl.cli import output
-from meshctl.cli.common import emit, state
+from meshctl.cli.common import emit, secret_from_file, state
 
 tokens_app = typer.Typer(help="API tokens (admin): create, list, revoke.", no_args_is_help=True, rich_markup_mode=None)
 join_app = typer.Typer(help="Join tokens for new nodes (admin).", no_args_is_help=True, rich_markup_mode=None)
@@ -168,15 +168,18 @@ def join_policies_delete(ctx: typer.Context, policy_id: Annotated[str, typer.Arg
 def set_context(
     name: str,
     controller: Annotated[str | None, typer.Option(help="Controller URL.")] = None,
-    token: Annotated[str | None, typer.Option(help="Bearer token.")] = None,
+    token: Annotated[str | None, typer.Option(help="Bearer token (visible in `ps`: prefer --token-file).")] = None,
+    token_file: Annotated[str | None, typer.Option(help="Read the bearer token from this file (mode 0600).")] = None,
     use: Annotated[bool, typer.Option("--use", help="Also make it the current context.")] = False,
 ) -> None:
-    """Create or update a context.
+    """Create or update a context (saved 0600).
 
-    Example: meshctl config set-context prod --controller https://mesh.example:8080 --token T --use
+    Example: meshctl config set-context prod --controller https://mesh.example:8080 --token-file ~/.mesh-token --use
     """
     from meshctl.client import Config
 
+    if token is None and token_file:
+        token = secret_from_file(token_file)
     cfg = Config.load()
     cfg.set_context(name, controller, token)
     if use:

@@ -139,3 +139,14 @@ def progress(text: str) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def secret_from_file(path: str) -> str:
+    """A token from a 0600 file of this user (`meshctl.files.read_secret_file`), or one error line, exit 1."""
+    from meshctl.files import SecretFileError, read_secret_file
+
+    try:
+        return read_secret_file(path)
+    except SecretFileError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise typer.Exit(EXIT_ERROR) from None

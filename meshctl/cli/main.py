@@ -11,6 +11,7 @@ commands that use them.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -29,6 +30,7 @@ from meshctl.cli.common import (
     message,
     out,
     progress,
+    secret_from_file,
     state,
     to_data,
 )
@@ -69,12 +71,18 @@ def main_options(
     controller: Annotated[
         str | None, typer.Option("--controller", help="Controller URL (env MESHCTL_CONTROLLER).")
     ] = None,
-    token: Annotated[str | None, typer.Option("--token", help="Bearer token (env MESHCTL_TOKEN).")] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", help="Bearer token (shows in `ps`: use --token-file).")
+    ] = None,
+    token_file: Annotated[str | None, typer.Option(help="Bearer token file, 0600 (env MESHCTL_TOKEN_FILE).")] = None,
     context: Annotated[str | None, typer.Option("--context", help="Named context from the config file.")] = None,
     out_format: Annotated[
         Output, typer.Option("-o", "--output", help="table, json or yaml (also accepted after the command).")
     ] = Output.table,
 ) -> None:
+    token_file = token_file or os.environ.get("MESHCTL_TOKEN_FILE")
+    if token is None and token_file:
+        token = secret_from_file(token_file)
     ctx.obj = State(controller, token, context, out_format)
 
 

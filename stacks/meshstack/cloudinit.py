@@ -7,9 +7,10 @@ only if its sha256 matches (`agentWheelSha256`, `agentWheelhouseSha256`), and pi
 name on a public index (`meshctl` there is another project). Without them the boot fails with a
 clear message in /var/log/cloud-init-output.log and `cloud-init status`.
 
-The join token is in the user data, which anyone who may describe the instance can read: it
-must be short-lived, single-region and limited in uses (`meshctl join-tokens create
---region R --ttl 900 --uses N`). The rendered text is only ever handled as a Pulumi secret.
+No secret travels in the user data (anyone who may describe the instance can read it): it
+holds only the controller's URL and the mesh region, and the node joins by its cloud identity
+(`join: attested`: the document its cloud signs, checked by the controller against its trust
+roots and a join policy; see README.md).
 """
 
 from __future__ import annotations
@@ -87,7 +88,6 @@ systemctl enable --now meshctl-agent.service
 def render(
     controller_url: str,
     region_id: str,
-    join_token: str,
     wheel_url: str | None = None,
     wheel_sha256: str | None = None,
     interface: str = "mesh0",
@@ -98,7 +98,7 @@ def render(
     agent_config = {
         "controller": controller_url,
         "region": region_id,
-        "join_token": join_token,
+        "join": "attested",
         "endpoint": "auto",  # the agent asks the cloud's metadata service for its public IP
         "interface": interface,
         "state_dir": "/var/lib/meshctl",

@@ -100,7 +100,7 @@ def _setting(loc: tuple[Any, ...]) -> str:
     return f"{CONFIG_NAMESPACE}:{path}"
 
 
-def validate(raw: Any, known_regions: dict[str, frozenset[str]], join_token_set: bool = True) -> StackSettings:
+def validate(raw: Any, known_regions: dict[str, frozenset[str]]) -> StackSettings:
     """Parse and check the stack config; raise StackConfigError naming the first bad setting."""
     if not isinstance(raw, dict):
         raise StackConfigError(f"{CONFIG_NAMESPACE}:mesh: missing; set the stack's structured 'mesh' config")
@@ -116,8 +116,6 @@ def validate(raw: Any, known_regions: dict[str, frozenset[str]], join_token_set:
         )
     if not settings.controller_url:
         raise StackConfigError(f"{CONFIG_NAMESPACE}:mesh.controllerUrl: missing; the agents must know the controller")
-    if not join_token_set:
-        raise StackConfigError(f"{CONFIG_NAMESPACE}:joinToken: missing; set it with `pulumi config set --secret`")
     if not settings.regions:
         raise StackConfigError(f"{CONFIG_NAMESPACE}:mesh.regions: at least one region")
     seen = set()

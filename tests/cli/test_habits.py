@@ -8,10 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.cli.test_cli import A, B, C, run
-from tests.conftest import ControllerProcess
+from tests.conftest import ControllerProcess, client_side_backend
+
+# client-side behaviour: one backend is enough (tests/api runs the API on every backend)
+backend = pytest.fixture(params=["sqlite"])(client_side_backend)
 
 # the synthetic reports stop after the feed: ages grow and, after a report timeout, the
 # controller freezes (fails static) between two calls; neither is what this test is about

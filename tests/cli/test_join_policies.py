@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.cli.test_cli import run
-from tests.conftest import ControllerProcess
+from tests.conftest import ControllerProcess, client_side_backend
+
+# client-side behaviour: one backend is enough (tests/api runs the API on every backend)
+backend = pytest.fixture(params=["sqlite"])(client_side_backend)
 
 
 def test_join_policies_create_list_delete(controller: ControllerProcess, tmp_path: Path) -> None:

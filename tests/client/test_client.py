@@ -19,7 +19,10 @@ from meshctl.client import (
     Unreachable,
 )
 from meshctl.wire import schemas as s
-from tests.conftest import ControllerProcess, free_port
+from tests.conftest import ControllerProcess, client_side_backend, free_port
+
+# client-side behaviour: one backend is enough (tests/api runs the API on every backend)
+backend = pytest.fixture(params=["sqlite"])(client_side_backend)
 
 A, B, C = "aws:us-east-1", "gcp:us-east4", "azure:westeurope"
 

@@ -81,10 +81,14 @@ def pg_url(private_pg: PrivatePostgres) -> str:
 
 class AlikeReplica(ControllerProcess):
     """`meshctl serve` as an operator starts every replica: the same flags, no --replica-id (each
-    makes its own: host name and a random suffix). `name` only names the log file."""
+    makes its own: host name and a random suffix). `name` only names the log file, unless
+    `explicit_id`: then it is given as `--replica-id`, as an operator who names them would."""
 
-    def __init__(self, database_url: str, tmp_path: Path, name: str, port: int | None = None) -> None:
+    def __init__(
+        self, database_url: str, tmp_path: Path, name: str, port: int | None = None, explicit_id: bool = False
+    ) -> None:
         super().__init__(database_url, tmp_path, replica_id=name, port=port)
+        self.explicit_id = explicit_id
 
     def spawn(self) -> AlikeReplica:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
@@ -100,6 +104,7 @@ class AlikeReplica(ControllerProcess):
                 str(self.port),
                 "--database-url",
                 self.database_url,
+                *(["--replica-id", self.replica_id] if self.explicit_id else []),
             ],
             env=self.env(),
             stdout=log,

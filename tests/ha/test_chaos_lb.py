@@ -191,9 +191,10 @@ class Publications(threading.Thread):
             time.sleep(0.2)
 
 
-@pytest.fixture
-def lab(pg_url: str, tmp_path: Path) -> Iterator[tuple[list[AlikeReplica], HAProxy]]:
-    replicas = [AlikeReplica(pg_url, tmp_path, f"chaos{i}") for i in (1, 2, 3)]
+@pytest.fixture(params=["alike", "named"], ids=["without-replica-ids", "with-replica-ids"])
+def lab(pg_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[list[AlikeReplica], HAProxy]]:
+    named = request.param == "named"
+    replicas = [AlikeReplica(pg_url, tmp_path, f"chaos{i}", explicit_id=named) for i in (1, 2, 3)]
     for r in replicas:
         r.extra_env["MESH_LEASE_S"] = str(LEASE_S)
     lb = HAProxy(tmp_path, [r.port for r in replicas])

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+import meshctl.files
 from meshctl.attest import (
     AttestError,
     Identity,
@@ -204,7 +205,7 @@ def test_token_file_of_another_user_empty_or_missing_is_refused(
     path.write_text("msh_j_good\n")
     path.chmod(0o600)
     me = os.geteuid()
-    monkeypatch.setattr(joining.os, "geteuid", lambda: me + 1)
+    monkeypatch.setattr(meshctl.files.os, "geteuid", lambda: me + 1)  # the shared secret-file reader
     with pytest.raises(joining.JoinError, match=rf"belongs to uid {me}, not to this user \(uid {me + 1}\)$"):
         joining.read_token_file(path)
     monkeypatch.undo()

@@ -18,7 +18,6 @@ for extra in (ROOT / "stacks", ROOT / "stacks" / "policy"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-TOKEN = "msh_j_THE-JOIN-TOKEN-must-stay-secret"
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 CLOUDS = ("aws", "gcp", "azure")
 POOL_TYPES = {
@@ -30,7 +29,6 @@ POOL_TYPES = {
 
 def stack_config(cloud: str) -> dict[str, Any]:
     cfg: dict[str, Any] = yaml.safe_load((ROOT / "stacks" / f"Pulumi.dev-{cloud}.yaml").read_text())["config"]
-    cfg["meshctl-stacks:joinToken"] = TOKEN
     return cfg
 
 

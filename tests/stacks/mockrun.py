@@ -114,9 +114,7 @@ def _plain(value: Any) -> Any:
 
 def main() -> None:
     stack, config = sys.argv[1], json.loads(sys.argv[2])
-    pulumi.runtime.set_all_config(
-        {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}, ["meshctl-stacks:joinToken"]
-    )
+    pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()})
     pulumi.runtime.set_mocks(Mocks(), project="meshctl-stacks", stack=stack, preview=False)
     pulumi.export = lambda name, value: exports.__setitem__(name, value)
     result: dict[str, Any] = {"error": None}

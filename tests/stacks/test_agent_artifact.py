@@ -74,7 +74,6 @@ def install(artifacts: Artifacts, tmp: Path, wheelhouse_sha: str | None = None) 
     text = cloudinit.render(
         "https://c.example",
         "aws:us-east-1",
-        "tok",
         f"{BASE}/{artifacts.wheel.name}",
         sha256(artifacts.wheel),
         wheelhouse_url=f"{BASE}/{artifacts.wheelhouse.name}",

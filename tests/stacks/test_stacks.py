@@ -21,7 +21,6 @@ from tests.stacks.conftest import (
     CLOUDS,
     POOL_TYPES,
     ROOT,
-    TOKEN,
     of_type,
     run_program,
     stack_config,
@@ -121,27 +120,25 @@ def test_tags_on_every_resource(program: tuple[str, dict[str, Any]]) -> None:
     assert len(checked) >= {"aws": 6, "gcp": 1, "azure": 4}[cloud], checked
 
 
-def test_cloud_init_joins_with_the_token_and_token_stays_secret(program: tuple[str, dict[str, Any]]) -> None:
+def test_cloud_init_joins_by_cloud_identity_with_no_secret(program: tuple[str, dict[str, Any]]) -> None:
+    """The user data holds the controller URL and the mesh region only: no join token, no credential."""
     cloud, result = program
     cfg = stack_config(cloud)["meshctl-stacks:mesh"]
     docs = user_data_docs(result)
     assert docs
-    for text, secret in docs:
-        assert secret, "user data must be a Pulumi secret"
+    for text, _secret in docs:
         assert text.startswith("#cloud-config\n")
+        assert "msh_" not in text and "join_token" not in text, "no bearer secret in user data"
         doc = yaml.safe_load(text)
         agent = yaml.safe_load(next(f["content"] for f in doc["write_files"] if f["path"] == "/etc/meshctl/agent.yaml"))
-        assert agent["join_token"] == TOKEN and agent["controller"] == cfg["controllerUrl"]
+        assert set(agent) == {"controller", "region", "join", "endpoint", "interface", "state_dir"}, agent
+        assert agent["join"] == "attested" and agent["controller"] == cfg["controllerUrl"]
         assert agent["region"].startswith(f"{cloud}:")
         assert next(f for f in doc["write_files"] if f["path"] == "/etc/meshctl/agent.yaml")["permissions"] == "0600"
         assert doc["runcmd"] == [[cloudinit.INSTALLER]]
         installer = next(f for f in doc["write_files"] if f["path"] == cloudinit.INSTALLER)
         assert installer["content"].rstrip().endswith("systemctl enable --now meshctl-agent.service")
         assert "wireguard-tools" in doc["packages"]
-    assert TOKEN not in json.dumps(result["outputs"])
-    for r in result["resources"]:
-        for field in ("tags", "labels"):
-            assert TOKEN not in json.dumps(r["inputs"].get(field, {}))
 
 
 def test_three_clouds_three_regions_each_under_15_s() -> None:
@@ -221,12 +218,7 @@ def test_validation_names_the_setting(breaks: Any, setting: str, cloud: str) -> 
     assert setting in str(err.value)
 
 
-def test_missing_token_and_bad_config_fail_before_any_resource() -> None:
-    cfg = stack_config("aws")
-    del cfg["meshctl-stacks:joinToken"]
-    result = run_program("dev-aws", cfg)
-    assert "meshctl-stacks:joinToken" in result["error"]
-    assert [r for r in result["resources"] if not r["type"].startswith("pulumi:")] == []
+def test_bad_config_fails_before_any_resource() -> None:
     cfg = stack_config("aws")
     cfg["meshctl-stacks:mesh"]["regions"][0]["nodes"] = 0
     result = run_program("dev-aws", cfg)
@@ -235,9 +227,9 @@ def test_missing_token_and_bad_config_fail_before_any_resource() -> None:
 
 
 def test_cloud_init_renders_valid_yaml() -> None:
-    doc = yaml.safe_load(cloudinit.render("https://c.example", "aws:us-east-1", "tok: with: colons\n#x"))
+    doc = yaml.safe_load(cloudinit.render("https://c.example/a: b#x", "aws:us-east-1"))
     agent = yaml.safe_load(doc["write_files"][0]["content"])
-    assert agent["join_token"] == "tok: with: colons\n#x" and agent["endpoint"] == "auto"
+    assert agent["controller"] == "https://c.example/a: b#x" and agent["endpoint"] == "auto"
 
 
 def test_node_names_fit_gcp_63_characters() -> None:
@@ -272,7 +264,7 @@ def test_admin_cidrs_split_by_address_family_never_empty() -> None:
 
 
 def test_agent_unit_read_write_paths_may_be_missing() -> None:
-    doc = yaml.safe_load(cloudinit.render("https://c.example", "aws:us-east-1", "tok"))
+    doc = yaml.safe_load(cloudinit.render("https://c.example", "aws:us-east-1"))
     unit = next(f["content"] for f in doc["write_files"] if f["path"].endswith("meshctl-agent.service"))
     entries = [e for line in unit.splitlines() if line.startswith("ReadWritePaths=") for e in line[15:].split()]
     assert "-/run/wireguard" in entries and "-/var/run/wireguard" in entries
@@ -286,7 +278,6 @@ def test_agent_install_is_pinned_and_hash_checked() -> None:
         cloudinit.render(
             "https://c.example",
             "aws:us-east-1",
-            "tok",
             url,
             digest,
             wheelhouse_url=house,
@@ -304,7 +295,7 @@ def test_agent_install_is_pinned_and_hash_checked() -> None:
 
 
 def test_agent_install_without_a_wheel_fails_the_boot_clearly(tmp_path: Path) -> None:
-    doc = yaml.safe_load(cloudinit.render("https://c.example", "aws:us-east-1", "tok"))
+    doc = yaml.safe_load(cloudinit.render("https://c.example", "aws:us-east-1"))
     script = tmp_path / "install"
     script.write_text(next(f["content"] for f in doc["write_files"] if f["path"] == cloudinit.INSTALLER))
     r = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=30)
@@ -325,3 +316,20 @@ def test_user_data_passes_cloud_init_schema(program: tuple[str, dict[str, Any]],
         path.write_text(text)
         r = subprocess.run([binary, "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and "Valid cloud-config" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_agent_reads_the_config_the_user_data_writes(tmp_path: Path) -> None:
+    """What cloud-init writes is what `meshctl-agent run --config` takes: attested join, no token."""
+    from probes.config import load
+
+    doc = yaml.safe_load(cloudinit.render("https://ctl.example:8080", "gcp:europe-west1"))
+    agent_yaml = next(f for f in doc["write_files"] if f["path"] == "/etc/meshctl/agent.yaml")
+    path = tmp_path / "agent.yaml"
+    path.write_text(agent_yaml["content"])
+    cfg = load({}, path, env={})
+    assert (cfg.join, cfg.controller, cfg.region, cfg.join_token) == (
+        "attested",
+        "https://ctl.example:8080",
+        "gcp:europe-west1",
+        None,
+    )
