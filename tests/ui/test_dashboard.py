@@ -20,6 +20,7 @@ from tests.ui.conftest import lab_topology, screenshot, token
 
 pytest.importorskip("selenium")
 
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -28,7 +29,11 @@ TOKENS: list[str] = []
 
 
 def wait(driver: Any, predicate: Callable[[Any], Any], what: str, timeout: float = 10) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(predicate, f"timed out waiting for {what}")
+    # the page re-renders as data arrives: an element found a moment ago may be replaced before it is read
+    retry = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=retry).until(
+        predicate, f"timed out waiting for {what}"
+    )
 
 
 def css(driver: Any, selector: str) -> list[Any]:
@@ -168,7 +173,7 @@ def test_operator_drains_and_undrains_from_the_page(mesh: ControllerProcess, bro
 
     # no reason, no drain
     browser.find_element(By.ID, "drain-preview").click()
-    assert "reason" in browser.find_element(By.ID, "operator-msg").text.lower()
+    wait(browser, lambda d: "reason" in d.find_element(By.ID, "operator-msg").text.lower(), "the missing reason")
 
     browser.find_element(By.ID, "drain-reason").send_keys("planned maintenance 77")
     browser.find_element(By.ID, "drain-preview").click()
@@ -184,7 +189,7 @@ def test_operator_drains_and_undrains_from_the_page(mesh: ControllerProcess, bro
         got = c.get(f"/v1/regions/{region}").json()
     assert got["state"] == "drained" and got["drain"]["reason"] == "planned maintenance 77"
     assert got["drain"]["by"] == "ui-operator"
-    assert region_state(browser, region) == "drained"
+    wait(browser, lambda d: region_state(d, region) == "drained", "the map to show it drained")
 
     undrain = wait(browser, lambda d: d.find_element(By.ID, "undrain").is_displayed(), "the undrain button")
     assert undrain
