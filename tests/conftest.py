@@ -133,27 +133,21 @@ class ControllerProcess:
         env.update(self.extra_env)
         return env
 
-    def start(self, timeout: float = 30.0) -> ControllerProcess:
+    def argv(self) -> list[str]:
+        """`meshctl serve` as this process is started (a subclass changes only this)."""
+        return [
+            sys.executable, "-m", "meshctl", "serve",
+            "--host", self.host, "--port", str(self.port), "--database-url", self.database_url,
+            "--replica-id", self.replica_id,
+        ]  # fmt: skip
+
+    def spawn(self) -> ControllerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "meshctl",
-                "serve",
-                "--host",
-                self.host,
-                "--port",
-                str(self.port),
-                "--database-url",
-                self.database_url,
-                "--replica-id",
-                self.replica_id,
-            ],
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        self.proc = subprocess.Popen(self.argv(), env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> ControllerProcess:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -165,6 +159,9 @@ class ControllerProcess:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"controller did not start in {timeout}s:\n{self.log()}")
+
+    def start(self, timeout: float = 30.0) -> ControllerProcess:
+        return self.spawn().wait_ready(timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""

@@ -6,7 +6,6 @@ import glob
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,44 +89,9 @@ class AlikeReplica(ControllerProcess):
         super().__init__(database_url, tmp_path, replica_id=name, port=port)
         self.explicit_id = explicit_id
 
-    def spawn(self) -> AlikeReplica:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "meshctl",
-                "serve",
-                "--host",
-                self.host,
-                "--port",
-                str(self.port),
-                "--database-url",
-                self.database_url,
-                *(["--replica-id", self.replica_id] if self.explicit_id else []),
-            ],
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        return self
-
-    def wait_ready(self, timeout: float = 30.0) -> AlikeReplica:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"controller exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"controller did not start in {timeout}s:\n{self.log()}")
-
-    def start(self, timeout: float = 30.0) -> AlikeReplica:
-        return self.spawn().wait_ready(timeout)
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        return argv if self.explicit_id else argv[: argv.index("--replica-id")]
 
     def identity(self) -> str:
         """The replica id it made for itself."""
