@@ -8,10 +8,11 @@ from dataclasses import fields
 from pathlib import Path
 
 from platformdirs import user_data_dir
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meshctl.core.health import HealthPolicy
+from meshctl.core.ipam import probe_address
 from meshctl.core.routing import RoutingWeights
 
 _W, _H = RoutingWeights(), HealthPolicy()  # the defaults of every routing and health knob
@@ -74,6 +75,13 @@ class Settings(BaseSettings):
     # overlay
     overlay_cidr: str = "100.96.0.0/12"
     region_prefix: int = 22
+    # probe addresses (never relayed): each node's overlay host bits in this network, same size
+    probe_cidr: str = "100.112.0.0/12"
+    # the relayed data plane: peers' AllowedIPs follow the route table (a pair relayed through one
+    # node of a relay region, both ways), with a backup path per region for local fast reroute.
+    # Off by default in a fleet (nodes start forwarding for each other: an operator's decision);
+    # false: AllowedIPs are each node's own addresses and routes are advice for applications
+    relay_data_plane: bool = False
 
     # attested join (meshctl.attest): trust roots read once at start (layout: meshctl.attest.trust);
     # the controller's URL as nodes reach it (the GCP identity token's audience, no trailing /);
@@ -93,6 +101,12 @@ class Settings(BaseSettings):
     clock_tolerance_s: float = Field(default=10.0, gt=0)
     # further off than this, a clock is broken rather than skewed: windows are judged as sent
     clock_max_offset_s: float = Field(default=900.0, gt=0)
+
+    @model_validator(mode="after")
+    def _probe_network_fits(self) -> Settings:
+        """The probe network is the overlay's size and apart from it (one line at start, not a 500 later)."""
+        probe_address(self.overlay_cidr.split("/")[0], self.overlay_cidr, self.probe_cidr)
+        return self
 
     @property
     def replica_id_explicit(self) -> bool:

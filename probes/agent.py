@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -36,6 +37,10 @@ from meshctl.files import atomic_write, remove_temps
 from probes import join as joining
 from probes import keys, wg
 from probes.config import PID_FILE, AgentConfig
+from probes.dataplane import DataPlane
+from probes.health import DrainState, Health, HealthServer
+from probes.hooks import Hooks
+from probes.loss import LossTracker
 from probes.peer_metrics import PeerGauges
 from probes.problem import describe, is_node_removed
 from probes.reporter import AUTH_TROUBLE, REPORT_TIMEOUT, NodeRemoved, Reporter
@@ -94,6 +99,20 @@ class Agent:
             lambda seconds: self._sleep(seconds),
             cfg.window_s,
             self.state / CREDENTIAL_FILE,
+        )
+        # drains reach the node: /healthz and the hooks follow the peer list's self_state (probes.health)
+        self.health = Health(cfg.controller_grace_s)
+        self.hooks = Hooks(cfg.on_drain, cfg.on_undrain, cfg.hook_timeout_s)
+        self.reporting.on_contact = self.health.contact
+        self.reporting.on_unreachable = self.health.unreachable
+        # consecutive probe losses per peer: a peer that crosses early_after closes the window early
+        self.loss = LossTracker(threshold=max(1, cfg.early_after), timeout_s=REPLY_TIMEOUT_S)
+        # the relayed data plane: probe address, forwarding, next-hop heartbeats, local fast reroute
+        self.dataplane = DataPlane(cfg.interface, cfg.region, cfg.stamp_port, lambda: self.reroute())
+        self.m_early = Counter(
+            "mesh_agent_early_windows",
+            "Windows closed early: a peer lost early_after probes in a row",
+            registry=self.registry,
         )
         self._rotating = False
         self._tunnel_is_up = False
@@ -191,21 +210,60 @@ class Agent:
         if (self.state / PEERLIST_FILE).exists():
             self.apply_peerlist(json.loads((self.state / PEERLIST_FILE).read_text()))
 
+    def desired_peers(self, peerlist: dict[str, Any]) -> list[wg.WgPeer]:
+        """The peers as WireGuard should have them: the controller's AllowedIPs, or with the relayed
+        data plane, the same rule with the backups of next hops that stopped answering (probes.dataplane)."""
+        own = self._probe_address(peerlist)
+        allowed = self.dataplane.allowed(peerlist) if own or peerlist.get("relay_data_plane") else {}
+        return [
+            wg.WgPeer(p["public_key"], p["endpoint"], tuple(allowed.get(p["node_id"]) or p["allowed_ips"]))
+            for p in peerlist["peers"]
+        ]
+
+    def _probe_address(self, peerlist: dict[str, Any]) -> str | None:
+        """This node's probe address on the interface (probes use it; it is never relayed)."""
+        own, cidr = peerlist.get("probe_ip"), peerlist.get("probe_cidr")
+        if own and cidr and self._tunnel_is_up:
+            wg.ensure_address(self.cfg.interface, f"{own}/{ipaddress.ip_network(cidr).prefixlen}")
+        return str(own) if own else None
+
+    def reroute(self) -> None:
+        """A next hop went down or came back: re-apply AllowedIPs at once (local fast reroute)."""
+        if self.peerlist and self._tunnel_is_up:
+            try:
+                wg.apply_peers(self.cfg.interface, self.desired_peers(self.peerlist), self.public_key)
+            except wg.WireGuardError as exc:
+                log.error("fast reroute: %s", exc)
+
     def apply_peerlist(self, peerlist: dict[str, Any]) -> None:
-        desired = [wg.WgPeer(p["public_key"], p["endpoint"], tuple(p["allowed_ips"])) for p in peerlist["peers"]]
+        self.observe_self_state(peerlist.get("self_state"))  # first: /healthz does not wait for WireGuard
+        desired = self.desired_peers(peerlist)
         changed, removed = wg.apply_peers(self.cfg.interface, desired, self.public_key)
         now = time.monotonic()
         self.first_seen = {p["public_key"]: self.first_seen.get(p["public_key"], now) for p in peerlist["peers"]}
         self.peerlist = peerlist
         self._save_json(PEERLIST_FILE, peerlist)
         self.by_overlay = {p["overlay_ip"]: p for p in peerlist["peers"]}
+        self.by_overlay.update({p["probe_ip"]: p for p in peerlist["peers"] if p.get("probe_ip")})
         self.by_node = {p["node_id"]: p for p in peerlist["peers"]}
         self.jitter = {node_id: j for node_id, j in self.jitter.items() if node_id in self.by_node}
         self.m_peers.set(len(desired))
+        self.loss.forget(self.by_node)
         if changed or removed:
             log.info(
                 "peers: %d added or updated, %d removed (generation %s)", changed, removed, peerlist.get("generation")
             )
+
+    def observe_self_state(self, self_state: dict[str, Any] | None) -> None:
+        """The controller's word on this node's drain (or its region's): /healthz and the hooks follow it."""
+        state = DrainState.of(self_state)
+        if state != self.health.drain:
+            if state.drained:
+                log.warning("drained (%s): %s; /healthz answers 503", state.scope, state.reason)
+            elif self.health.drain.drained:
+                log.info("active again (drain lifted); /healthz answers 200")
+        self.health.drain = state
+        self.hooks.observe(state)
 
     async def follow_peers(self) -> None:
         """Long-poll the controller for peer changes; apply only the difference."""
@@ -223,6 +281,10 @@ class Agent:
                 )
                 if is_node_removed(r):
                     raise NodeRemoved(self.reporting.removed_line(r))
+                if r.status_code in (200, 304):
+                    self.health.contact()
+                elif r.status_code >= 500:
+                    self.health.unreachable()
                 if r.status_code == 200:
                     etag = r.headers.get("etag")
                     self.apply_peerlist(r.json())
@@ -231,6 +293,8 @@ class Agent:
                     await asyncio.sleep(backoff)
                 backoff = 1.0
             except (httpx.HTTPError, wg.WireGuardError) as exc:
+                if isinstance(exc, httpx.HTTPError):
+                    self.health.unreachable()
                 log.info("peers: controller unreachable (%s); keeping the last peer set", type(exc).__name__)
                 await asyncio.sleep(backoff + random.random())
                 backoff = min(backoff * 2, 30.0)
@@ -269,11 +333,13 @@ class Agent:
                 return
             sent_to = self.outstanding.get(pkt.sender_seq)
             if sent_to is not None and sent_to[0] == peer["node_id"]:
+                if self.loss.replied(sent_to[0], pkt.sender_seq, time.monotonic()):
+                    log.info("peer %s answers again", sent_to[0])
                 sent_to[1].on_reply(pkt.sender_seq, pkt.rtt_seconds(received) * 1000.0)
                 self.answered.add(sent_to[0])
                 self.m_replies.inc()
 
-        sender = timestamped_socket((cred["overlay_ip"], 0))
+        sender = timestamped_socket((self.peerlist.get("probe_ip") or cred["overlay_ip"], 0))  # never relayed
         loop.add_reader(sender.fileno(), receive_all, sender, on_reply)
         window_no = 0
         while True:
@@ -283,7 +349,8 @@ class Agent:
             deadline = loop.time() + self.cfg.window_s
             interval = 1.0 / self.cfg.probe_rate
             next_send = loop.time()
-            while loop.time() < deadline:
+            early: frozenset[str] = frozenset()
+            while loop.time() < deadline and not early:
                 step = interval / max(1, len(self.targets))  # spread out: no burst queues behind itself
                 slots: list[dict[str, Any] | None] = [*self.targets] or [None]
                 for p in slots:  # every slot sleeps, sent or not: never a busy loop
@@ -291,8 +358,19 @@ class Agent:
                         self.send_probe(sender, p, windows, seqs)
                     next_send += step
                     await asyncio.sleep(max(0.0, next_send - loop.time()))
-            # probing goes on; this window closes once its last replies have had time to come back
-            loop.call_later(REPLY_TIMEOUT_S, self.close_window, window_start, windows, seqs)
+                    early = self.early_close()
+                    if early:
+                        break
+            if early:
+                # a peer just lost early_after probes in a row: send what this window saw now (its
+                # unanswered probes count as lost), not at its end; the next window starts at once
+                self.m_early.inc()
+                lost_in_a_row = self.loss.threshold
+                log.info("window closed early: %s lost %d probes in a row", ", ".join(sorted(early)), lost_in_a_row)
+                self.close_window(window_start, windows, seqs, early=early)
+            else:
+                # probing goes on; this window closes once its last replies have had time to come back
+                loop.call_later(REPLY_TIMEOUT_S, self.close_window, window_start, windows, seqs)
             window_no += 1
 
     def send_probe(
@@ -302,8 +380,9 @@ class Agent:
         self.probe_seq += 1
         pkt = SenderPacket(seq=seq, timestamp=to_ntp(time.time())).encode()
         with contextlib.suppress(BlockingIOError, OSError):
-            sender.sendto(pkt, (peer["overlay_ip"], self.cfg.stamp_port))
+            sender.sendto(pkt, (peer.get("probe_ip") or peer["overlay_ip"], self.cfg.stamp_port))
         windows[peer["node_id"]].on_sent()
+        self.loss.sent(peer["node_id"], seq, time.monotonic())
         self.outstanding[seq] = (peer["node_id"], windows[peer["node_id"]])
         seqs.append(seq)
         self.m_sent.inc()
@@ -323,18 +402,43 @@ class Agent:
             return True
         return time.monotonic() - self.first_seen.get(peer_key, 0.0) >= HANDSHAKE_GRACE_S
 
-    def close_window(self, window_start: datetime, windows: dict[str, PeerWindow], seqs: list[int]) -> None:
+    def early_close(self) -> frozenset[str]:
+        """Peers of this window that just crossed early_after consecutive losses (none when early
+        windows are off, or for a peer still handshaking)."""
+        change = self.loss.expire(time.monotonic())
+        if self.cfg.early_after <= 0:
+            return frozenset()
+        return frozenset(n for n in change.down if n in self.windows and self.established(n))
+
+    def close_window(
+        self,
+        window_start: datetime,
+        windows: dict[str, PeerWindow],
+        seqs: list[int],
+        early: frozenset[str] = frozenset(),
+    ) -> None:
+        """Report one window. An early window (closed when the peers `early` crossed the loss
+        threshold) says its real length in `window_s`; its unanswered probes to those peers count as
+        lost, and those to other peers, still in flight, are left out of it (not lost, not counted)."""
         for seq in seqs:
-            self.outstanding.pop(seq, None)  # a reply later than REPLY_TIMEOUT_S counts as lost
+            sent_to = self.outstanding.pop(seq, None)  # a reply later than REPLY_TIMEOUT_S counts as lost
+            if early and sent_to is not None and sent_to[0] not in early:
+                sent_to[1].sent -= 1  # in flight to a peer that answers: not this window's loss
         cred = self.credential
         seq = self.next_seq()
+        length = self.cfg.window_s
+        if early:
+            length = min(self.cfg.window_s, max(0.001, (datetime.now(UTC) - window_start).total_seconds()))
         report = {
             "node_id": cred["node_id"],
             "seq": seq,
             "window_start": window_start.isoformat(),
-            "window_s": self.cfg.window_s,
+            "window_s": round(length, 3),
             "peers": [w.summary(node_id) for node_id, w in windows.items() if w.sent and self.established(node_id)],
         }
+        reroutes = self.dataplane.take_reroutes()  # local fast reroutes since the last window
+        if reroutes:
+            report["reroutes"] = reroutes
         self.peer_gauges.window(report["peers"], self.by_node)
         dropped_before = self.spool.dropped
         self.spool.put(seq, report)
@@ -343,9 +447,8 @@ class Agent:
     async def reflector(self) -> None:
         loop = asyncio.get_running_loop()
         cred = self.credential
-        sock = timestamped_socket((cred["overlay_ip"], self.cfg.stamp_port))
 
-        def on_request(data: bytes, addr: tuple[str, int], received: float) -> None:
+        def on_request(sock: socket.socket, data: bytes, addr: tuple[str, int], received: float) -> None:
             self.reflect_seq += 1
             reply = reflect(data, received, time.time(), self.reflect_seq, from_peer=addr[0] in self.by_overlay)
             if reply is None:
@@ -355,7 +458,10 @@ class Agent:
                 sock.sendto(reply, addr)
                 self.m_reflected.inc()
 
-        loop.add_reader(sock.fileno(), receive_all, sock, on_request)
+        for address in dict.fromkeys([cred["overlay_ip"], self.peerlist.get("probe_ip")]):  # data and probe address
+            if address:
+                sock = timestamped_socket((address, self.cfg.stamp_port))
+                loop.add_reader(sock.fileno(), receive_all, sock, functools.partial(on_request, sock))
         await asyncio.Event().wait()
 
     # --- reports --------------------------------------------------------------------------
@@ -466,22 +572,36 @@ class Agent:
         self.public_key = public
         atomic_write(self.state / PID_FILE, str(os.getpid()), mode=0o644)
         start_http_server(self.cfg.metrics_bind_port, addr=self.cfg.metrics_host, registry=self.registry)
+        self.health_server = HealthServer(self.health, self.cfg.health_listen)
+        await self.health_server.start()  # before the join: a taken port is one line at once
+        self.health.region = self.cfg.region
         async with httpx.AsyncClient(base_url=self.cfg.controller, timeout=10) as http:
             self.http = http
             if not (self.state / CREDENTIAL_FILE).exists():
                 await self.join(public)
+            self.health.node_id = self.hooks.node_id = self.credential["node_id"]
+            self.hooks.region = self.cfg.region
             still_pending = await self.resume_rotation()
             self.tunnel_up()
             if still_pending:
                 self._background(self.rotate_key())
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGUSR1, lambda: self._background(self.rotate_key()))
-            self._main = asyncio.gather(self.follow_peers(), self.reflector(), self.probe_loop(), self.reporter())
+            self._main = asyncio.gather(
+                self.dataplane.watch.run(),
+                self.follow_peers(),
+                self.reflector(),
+                self.probe_loop(),
+                self.reporter(),
+                self.hooks.run(),
+            )
             try:
                 await self._main
             except asyncio.CancelledError:
                 if self._fatal is None:
                     raise
+            finally:
+                self.dataplane.stop()  # its nftables table and forwarding go with the agent
             if self._fatal is not None:
                 raise self._fatal
 

@@ -47,6 +47,12 @@ RUN_OPTIONS: tuple[tuple[str, str, type, str, str], ...] = (
     ("--window", "window_s", float, "SECONDS", "Report window seconds (default 5)."),
     ("--probe-rate", "probe_rate", float, "RATE", "Packets/s per target (default 5)."),
     ("--targets-per-region", "targets_per_region", int, "N", "Peers probed per other region (default 2)."),
+    ("--early-after", "early_after", int, "N", "Send the window after N lost in a row (3; 0 off)."),
+    ("--health-listen", "health_listen", str, "HOST:PORT", "GET /healthz here (default 0.0.0.0:9901)."),
+    ("--controller-grace", "controller_grace_s", float, "SECONDS", "503 after this long unreachable (300; 0 never)."),
+    ("--on-drain", "on_drain", str, "CMD", "Run when drained (node or region) (MESH_ON_DRAIN)."),
+    ("--on-undrain", "on_undrain", str, "CMD", "Run when active again (MESH_ON_UNDRAIN)."),
+    ("--hook-timeout", "hook_timeout_s", float, "SECONDS", "Kill a hook after this (default 30)."),
 )
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from probes.health import parse_listen
+
 PID_FILE = "agent.pid"  # in the state directory: the running agent's pid, for `rotate-key`
 
 
@@ -38,6 +40,12 @@ class AgentConfig:
     targets_per_region: int = 2
     join: str = "auto"  # auto | attested | token (probes.join)
     join_token_file: Path | None = None  # the token in a file of mode 0600 (read at join time)
+    health_listen: str = "0.0.0.0:9901"  # GET /healthz for the media server and load balancers (probes.health)
+    controller_grace_s: float = 300.0  # /healthz says 503 after this long without the controller; 0: never
+    on_drain: str | None = None  # run once when the node or its region becomes drained (probes.hooks)
+    on_undrain: str | None = None  # run once when it becomes active again
+    hook_timeout_s: float = 30.0
+    early_after: int = 3  # consecutive probes lost to a peer that close the window early; 0: never
 
     @property
     def metrics_host(self) -> str:
@@ -76,6 +84,12 @@ ENV = {
     "targets_per_region": "MESH_TARGETS_PER_REGION",
     "join": "MESH_JOIN",
     "join_token_file": "MESH_JOIN_TOKEN_FILE",
+    "health_listen": "MESH_HEALTH_LISTEN",
+    "controller_grace_s": "MESH_CONTROLLER_GRACE_S",
+    "on_drain": "MESH_ON_DRAIN",
+    "on_undrain": "MESH_ON_UNDRAIN",
+    "hook_timeout_s": "MESH_HOOK_TIMEOUT_S",
+    "early_after": "MESH_EARLY_AFTER",
 }
 JOIN_MODES = ("auto", "attested", "token")
 SOURCES = ("flag", "environment", "file")  # in order of precedence
@@ -124,9 +138,9 @@ def load(flags: dict[str, Any], config_file: Path | None = None, env: dict[str, 
         value, source = merged[f.name]
         where = f"{f.name} (from {source}{' ' + str(config_file) if source == 'file' else ''})"
         try:
-            if f.name in ("listen_port", "stamp_port", "metrics_port", "targets_per_region"):
+            if f.name in ("listen_port", "stamp_port", "metrics_port", "targets_per_region", "early_after"):
                 value = int(value)
-            elif f.name in ("window_s", "probe_rate"):
+            elif f.name in ("window_s", "probe_rate", "controller_grace_s", "hook_timeout_s"):
                 value = float(value)
             elif f.name in ("state_dir", "join_token_file"):
                 value = Path(value)
@@ -141,6 +155,12 @@ def load(flags: dict[str, Any], config_file: Path | None = None, env: dict[str, 
     if cfg.join not in JOIN_MODES:
         raise AgentConfigError(f"join: {cfg.join!r} is not one of {', '.join(JOIN_MODES)}")
     metrics_address(cfg.metrics_listen, cfg.metrics_port)  # a malformed HOST:PORT is refused here
+    try:
+        parse_listen(cfg.health_listen)
+    except ValueError as exc:
+        raise AgentConfigError(f"health_listen: {exc}") from exc
+    if cfg.controller_grace_s < 0 or cfg.hook_timeout_s <= 0 or cfg.early_after < 0:
+        raise AgentConfigError("controller_grace_s must be >= 0, hook_timeout_s > 0, early_after >= 0")
     if len(cfg.interface) > 15:
         raise AgentConfigError(f"interface: {cfg.interface!r} is longer than Linux's 15 characters")
     return cfg

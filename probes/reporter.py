@@ -88,6 +88,8 @@ class Reporter:
         self._trouble: str | None = None  # the current trouble (logged once), None when fine
         self._trouble_retries = 0
         self._clock_kept: set[int] = set()  # windows refused once for their time, kept for one more try
+        self.on_contact: Callable[[], None] | None = None  # the controller answered (probes.health)
+        self.on_unreachable: Callable[[], None] | None = None  # no answer, or a 5xx
         self.m_reports = Counter("mesh_agent_reports_delivered", "Windows the controller accepted", registry=registry)
         self.m_report_drops = Counter(
             "mesh_agent_reports_dropped",
@@ -161,9 +163,14 @@ class Reporter:
             headers = {"Authorization": f"Bearer {token}", "X-Mesh-Sent-At": f"{time.time():.3f}"}
             r = await self.http.post("/v1/reports", json=report, headers=headers, timeout=REPORT_TIMEOUT)
         except httpx.HTTPError as exc:
+            if self.on_unreachable is not None:
+                self.on_unreachable()
             self._retry("unreachable", f"controller unreachable ({type(exc).__name__})")
             return _STOP, 0.0
         status = r.status_code
+        hook = self.on_contact if status < 500 else self.on_unreachable
+        if hook is not None:
+            hook()
         offset = r.headers.get("x-mesh-clock-offset-s")
         with contextlib.suppress(ValueError):
             if offset is not None:

@@ -88,25 +88,25 @@ def apply_peers(ifname: str, desired: list[WgPeer], own_public_key: str = "", ke
     have = current_peers(ifname)
     want = {p.public_key: p for p in desired}
     changed = removed = 0
+    args: list[str] = []  # one `wg set` for the whole difference: a reroute is one call, not one per peer
     for key in set(have) - set(want):
-        _run("wg", "set", ifname, "peer", key, "remove")
+        args += ["peer", key, "remove"]
         removed += 1
     for key, p in want.items():
         cur = have.get(key)
         if cur is not None and cur.endpoint == p.endpoint and set(cur.allowed_ips) == set(p.allowed_ips):
             continue
-        _run(
-            "wg",
-            "set",
-            ifname,
-            "peer",
-            key,
-            "endpoint",
-            p.endpoint,
-            "allowed-ips",
-            ",".join(p.allowed_ips),
-            "persistent-keepalive",
-            str(keepalive if initiates(own_public_key, key) else 0),
-        )
+        keep = str(keepalive if initiates(own_public_key, key) else 0)
+        args += ["peer", key, "endpoint", p.endpoint, "allowed-ips", ",".join(p.allowed_ips)]
+        args += ["persistent-keepalive", keep]
         changed += 1
+    if args:
+        _run("wg", "set", ifname, *args)
     return changed, removed
+
+
+def ensure_address(ifname: str, address: str) -> None:
+    """Add an address (with its prefix) to the interface unless it is there (the probe address)."""
+    have = _run("ip", "-o", "addr", "show", "dev", ifname)
+    if address.split("/")[0] + "/" not in have:
+        _run("ip", "addr", "add", address, "dev", ifname)

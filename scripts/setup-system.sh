@@ -6,6 +6,7 @@ want=(python3-venv python3-dev gcc make wireguard-go wireguard-tools irtt nftabl
       iputils-ping tcpdump procps)
 [ "${1:-}" = "--test" ] && want+=(postgresql nodejs npm cloud-init haproxy)
 [ "${1:-}" = "--test" ] && want+=(chromium chromium-driver)  # the dashboard's browser tests (tests/ui)
+[ "${1:-}" = "--test" ] && want+=(traceroute mtr-tiny)  # the relay hop over the overlay (tests/lab/test_relay_lab.py)
 [ "${1:-}" = "--test" ] && want+=(prometheus)  # promtool: check the /metrics outputs and deploy/prometheus (tests/probes/test_metrics*.py)
 [ "${1:-}" = "--bench" ] && want+=(wrk)
 missing=()

@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.zygote import ForkedProcess, Zygote
+
 PG_URL = os.environ.get("MESH_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ADMIN = "msh_a_test-admin-" + "x" * 32
 
@@ -117,7 +119,7 @@ class ControllerProcess:
         self.replica_id = replica_id
         self.log_path = tmp_path / f"controller-{replica_id}.log"
         self.extra_env = dict(env or {})
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | ForkedProcess | None = None
         self._seq = itertools.count(1)
         self._feed_nodes: dict[str, tuple[str, str]] = {}
 
@@ -142,8 +144,13 @@ class ControllerProcess:
         ]  # fmt: skip
 
     def spawn(self) -> ControllerProcess:
+        """Forked from the warm zygote (tests/zygote.py) when it can be, else a plain subprocess."""
+        argv = self.argv()
+        if Zygote.enabled() and argv[1:3] == ["-m", "meshctl"]:
+            self.proc = Zygote.shared().spawn(argv, self.env(), self.log_path)
+            return self
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(self.argv(), env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> ControllerProcess:

@@ -13,6 +13,7 @@ that needs it.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -93,6 +94,14 @@ class State:
             # those are installed; meshctl never runs it. A None entry makes that import fail
             # as if they were absent, which httpx handles (`httpx.main` then explains itself).
             sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+            # httpcore imports trio whenever it is installed (~50 ms; Selenium brings it), for
+            # async code under trio; the CLI is synchronous (its route watch uses asyncio).
+            sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
+            # pydantic looks for plugins in the entry points of every installed distribution
+            # (importlib.metadata: 15-30 ms) before its first model; a command that only decodes
+            # the controller's answers has no use for them. Commands calling the API start no
+            # other process, so this stays in this one.
+            os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
             from meshctl.client import Client, resolve  # httpx and pydantic only for commands that call the API
 
             url, token, _ = resolve(self.controller, self.token, self.context)

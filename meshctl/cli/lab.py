@@ -88,13 +88,24 @@ def up(
     ] = None,
     prefix: Annotated[str, typer.Option(envvar="MESH_LAB_PREFIX", help="Name prefix of namespaces/links.")] = "mlab",
     net: Annotated[str, typer.Option(envvar="MESH_LAB_NET", help="The lab's /16, as two octets.")] = "10.213",
+    steady_timeout: Annotated[
+        float,
+        typer.Option(
+            "--steady-timeout",
+            min=0,
+            help="Seconds to wait for every link to be within max(1 ms, 3%) of the topology (0: do not wait).",
+        ),
+    ] = 60.0,
 ) -> None:
     """Bring the lab up (or restart what died in it) and make it the current context.
+
+    A new lab is handed over once every link measures what the topology says (or, after
+    --steady-timeout, with a word that they are still settling).
 
     Example: sudo meshctl lab up && meshctl status
     """
     with guard() as lab:
-        st = lab.up(topology, _dir(ctx), prefix=prefix, net=net, say=Steps())
+        st = lab.up(topology, _dir(ctx), prefix=prefix, net=net, say=Steps(), steady_timeout=steady_timeout)
     emit(ctx, _summary(st), _up_view)
 
 
@@ -168,6 +179,38 @@ def _status_view(data: dict[str, Any]) -> Any:
         None, ["node", "region", "wan", "overlay", "agent", "reporting", "reports", "last report"], rows
     )
     return Group(head, fault_line, table)
+
+
+@lab_app.command(
+    "exec",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+def exec_(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="A lab node (its name in `meshctl lab status`) or a region.")],
+    command: Annotated[list[str] | None, typer.Argument(help="The command and its arguments, after --.")] = None,
+) -> None:
+    """Run a command in a lab node's network namespace (root): its stdin, output and exit code are the command's.
+
+    A region stands for its first node. Examples:
+
+    \b
+      sudo meshctl lab exec aws-us-east-1-1 -- ip -br addr
+      sudo meshctl lab exec aws:eu-west-2 -- ping -c3 100.96.0.2
+      sudo meshctl lab exec gcp:us-east4 -- curl -s localhost:9901/healthz
+    """
+    import os
+
+    with guard() as lab:
+        words = [*(command or []), *ctx.args]
+        if words[:1] == ["--"]:  # kept by click once options stop being parsed at the first argument
+            words = words[1:]
+        argv = lab.exec_argv(lab.require(_dir(ctx)), node, words)
+        if os.geteuid() != 0:
+            raise lab.LabError("entering a node's network namespace needs root: run it with sudo")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(argv[0], argv)  # the command replaces meshctl: stdio, signals and exit code are its own
 
 
 @lab_app.command("down")
@@ -285,3 +328,52 @@ def demo(
             run(_dir(ctx), topology, keep, say=Steps(), console=output.console())
         except MeshError as exc:
             raise lab.LabError(f"the lab's controller: {message(exc)}") from exc
+
+
+@lab_app.command("simulate")
+def simulate(
+    ctx: typer.Context,
+    regions: Annotated[int, typer.Option("--regions", help="Regions (the Skyplane table's, then copies).")] = 10,
+    nodes_per_region: Annotated[int, typer.Option("--nodes-per-region", help="Synthetic agents per region.")] = 3,
+    duration: Annotated[float, typer.Option("--duration", help="Seconds of reporting, after the joins.")] = 30.0,
+    window: Annotated[float, typer.Option("--window", help="Seconds per window.")] = 5.0,
+    k: Annotated[int, typer.Option("-k", help="Nodes probed per other region.")] = 2,
+    join_rate: Annotated[float, typer.Option("--join-rate", help="Joins/s (0: as fast as taken).")] = 0.0,
+    fault: Annotated[
+        list[str] | None, typer.Option("--fault", help="dark:REGION@T or lossy:A/B@T (region id or index).")
+    ] = None,
+    database_url: Annotated[str | None, typer.Option("--database-url", help="Default: SQLite in a tmp dir.")] = None,
+) -> None:
+    """A real controller and N regions x M synthetic agents (no namespaces, no root): live figures per window.
+
+    Example: meshctl lab simulate --regions 20 --nodes-per-region 5 --duration 30 --fault dark:3@10
+    """
+    from meshctl.lab.simulate import SimConfig, SimError, Tick, summary
+    from meshctl.lab.simulate import simulate as run
+
+    err, steps = _err(), Steps()
+
+    def tick(t: Tick) -> None:
+        err.print(
+            f"[dim]t={t.t_s:5.1f}s[/dim] {t.reports_per_s:7.1f} reports/s  p99 {t.report_p99_ms:7.1f} ms  "
+            f"controller CPU {t.controller_cpu_percent:5.1f}%  acked {t.acknowledged}  "
+            f"drained: {', '.join(t.drained) or '-'}",
+            highlight=False,
+        )
+
+    cfg = SimConfig(
+        regions=regions,
+        nodes_per_region=nodes_per_region,
+        duration_s=duration,
+        window_s=window,
+        k=k,
+        join_rate=join_rate,
+        faults=fault or [],
+        database_url=database_url,
+    )
+    try:
+        result = run(cfg, on_tick=tick, say=steps)
+    except SimError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise typer.Exit(1) from None
+    emit(ctx, result, lambda r: "\n".join(summary(r)))

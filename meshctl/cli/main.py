@@ -35,6 +35,7 @@ from meshctl.cli.common import (
     to_data,
 )
 from meshctl.cli.group import OUTPUT_HELP, RootGroup, _set_output
+from meshctl.cli.node import node_app
 
 if TYPE_CHECKING:
     from meshctl.client import Client
@@ -58,6 +59,7 @@ nodes_app = typer.Typer(help="Nodes: list, show, remove.", no_args_is_help=True,
 overlay_app = typer.Typer(help="WireGuard overlay helpers.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(regions_app, name="regions")
 app.add_typer(nodes_app, name="nodes")
+app.add_typer(node_app, name="node")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(join_app, name="join-tokens")
 app.add_typer(policies_app, name="join-policies")

@@ -3,19 +3,27 @@
 Both share everything but the send: request building lives in `Endpoints`, decoding and
 error mapping in `_finish`. The CLI and the lab use `Client`; services and the agent, which
 are async, use `AsyncClient`.
+
+Start-up (the CLI makes one `Client` per command): the local route table (`routes`, with
+asyncio and threads) is made on first use, and a client of an `http://` controller loads no
+certificate authorities (see `plain_http_tls`).
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
 from meshctl.client._endpoints import Call, Endpoints
 from meshctl.client._errors import Unreachable, from_response
-from meshctl.client._routes import AsyncRoutes, SyncRoutes
 from meshctl.client.config import DEFAULT_CONTROLLER, resolve
-from meshctl.wire import schemas as s
+
+if TYPE_CHECKING:
+    import ssl
+
+    from meshctl.client._routes import AsyncRoutes, SyncRoutes
+    from meshctl.wire import schemas as s
 
 T = TypeVar("T")
 C = TypeVar("C", bound="_Base")
@@ -38,6 +46,23 @@ def finish(call: Call[T], resp: httpx.Response) -> T:
             resp.status_code, resp.content, resp.reason_phrase, str(resp.request.url), resp.request.headers
         )
     return call.decode(resp.content)
+
+
+def plain_http_tls(base_url: str) -> ssl.SSLContext | bool:
+    """httpx's `verify` for a client of `base_url`.
+
+    httpx builds its TLS context when the client is made, loading certifi's ~150 certificate
+    authorities (30-40 ms, a fifth of a CLI command), even for an `http://` controller that
+    never speaks TLS. For `http://` this gives a context that still checks certificates and
+    host names but trusts no authority: nothing is loaded, and an https request through such a
+    client (none is made: every path is relative to the base URL) fails closed. `https://` gets
+    httpx's default (certifi, or SSL_CERT_FILE / SSL_CERT_DIR).
+    """
+    if not base_url.lower().startswith("http://"):
+        return True
+    import ssl
+
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verify_mode CERT_REQUIRED, check_hostname on
 
 
 def _timeout(call: Call[Any]) -> Any:
@@ -69,7 +94,10 @@ class _Base(Endpoints):
         """
         return self.routes.get(src, dst)
 
-    routes: SyncRoutes | AsyncRoutes
+    if TYPE_CHECKING:  # each client defines its own kind, made on first use
+
+        @property
+        def routes(self) -> SyncRoutes | AsyncRoutes: ...
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r}, token={'set' if self.token else None})"
@@ -100,8 +128,18 @@ class Client(_Base):
             timeout=timeout,
             transport=transport,
             event_hooks=event_hooks,
+            verify=plain_http_tls(self.base_url),
         )
-        self.routes: SyncRoutes = SyncRoutes(self.base_url, auth_headers(token), timeout)
+        self._routes: SyncRoutes | None = None
+
+    @property
+    def routes(self) -> SyncRoutes:
+        """The local route table (`routes.watch()` keeps it in sync), made on first use."""
+        if self._routes is None:
+            from meshctl.client._routes import SyncRoutes
+
+            self._routes = SyncRoutes(self.base_url, auth_headers(self.token), self.timeout)
+        return self._routes
 
     def _run(self, call: Call[T]) -> T:
         try:
@@ -114,7 +152,8 @@ class Client(_Base):
 
     def close(self) -> None:
         """Stop the route watch (if any) and close the connections."""
-        self.routes.stop()
+        if self._routes is not None:
+            self._routes.stop()
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -150,8 +189,18 @@ class AsyncClient(_Base):
             timeout=timeout,
             transport=transport,
             event_hooks=event_hooks,
+            verify=plain_http_tls(self.base_url),
         )
-        self.routes: AsyncRoutes = AsyncRoutes(self._http)
+        self._routes: AsyncRoutes | None = None
+
+    @property
+    def routes(self) -> AsyncRoutes:
+        """The local route table (`await routes.watch()` keeps it in sync), made on first use."""
+        if self._routes is None:
+            from meshctl.client._routes import AsyncRoutes
+
+            self._routes = AsyncRoutes(self._http)
+        return self._routes
 
     async def _run(self, call: Call[T]) -> T:
         try:
@@ -164,7 +213,8 @@ class AsyncClient(_Base):
 
     async def aclose(self) -> None:
         """Stop the route watch (if any) and close the connections."""
-        await self.routes.stop()
+        if self._routes is not None:
+            await self._routes.stop()
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:

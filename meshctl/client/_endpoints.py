@@ -46,13 +46,26 @@ def model(cls: type[M]) -> Callable[[bytes], M]:
 
 
 def model_list(cls: type[M]) -> Callable[[bytes], list[M]]:
-    adapter = TypeAdapter(list[cls])  # type: ignore[valid-type]
-    return adapter.validate_json
+    """A decoder of a JSON list of `cls`; its TypeAdapter is built on first use (a CLI command
+    decodes one kind of answer, and each adapter costs a few milliseconds to build)."""
+
+    @functools.cache
+    def adapter() -> TypeAdapter[list[M]]:
+        return TypeAdapter(list[cls])  # type: ignore[valid-type]
+
+    def decode(body: bytes) -> list[M]:
+        return adapter().validate_json(body)
+
+    return decode
+
+
+@functools.cache
+def _dict_adapter() -> TypeAdapter[dict[str, Any]]:
+    return TypeAdapter(dict[str, Any])
 
 
 def raw_json(body: bytes) -> dict[str, Any]:
-    adapter: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
-    return adapter.validate_json(body)
+    return _dict_adapter().validate_json(body)
 
 
 def seg(value: str) -> str:
@@ -173,6 +186,22 @@ class Endpoints:
     def remove_node(self, node_id: str) -> Call[s.NodeOut]:
         """DELETE /v1/nodes/{node_id} (admin): its peers drop it."""
         return Call("DELETE", f"/v1/nodes/{seg(node_id)}", model(s.NodeOut))
+
+    @endpoint
+    def drain_node(self, node_id: str, reason: str) -> Call[s.NodeOut]:
+        """POST /v1/nodes/{node_id}/drain: no new sessions, no relaying (operator)."""
+        return Call("POST", f"/v1/nodes/{seg(node_id)}/drain", model(s.NodeOut), json={"reason": reason})
+
+    @endpoint
+    def drain_node_preview(self, node_id: str, reason: str) -> Call[s.NodeDrainPreview]:
+        """POST /v1/nodes/{node_id}/drain?dry_run=true: what a node drain would change; changes nothing."""
+        path = f"/v1/nodes/{seg(node_id)}/drain"
+        return Call("POST", path, model(s.NodeDrainPreview), params={"dry_run": "true"}, json={"reason": reason})
+
+    @endpoint
+    def undrain_node(self, node_id: str) -> Call[s.NodeOut]:
+        """DELETE /v1/nodes/{node_id}/drain: lift a node's drain (operator)."""
+        return Call("DELETE", f"/v1/nodes/{seg(node_id)}/drain", model(s.NodeOut))
 
     @endpoint
     def peers(self, node_id: str) -> Call[s.PeerList]:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from platformdirs import user_config_dir
 
 from meshctl.files import atomic_write
@@ -41,6 +40,8 @@ class Config:
         path = path or config_path()
         if not path.exists():
             return cls()
+        import yaml  # here, not at the top: most programs importing the client never read the file
+
         try:
             data: Any = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
@@ -58,6 +59,8 @@ class Config:
     def save(self, path: Path | None = None) -> Path:
         path = path or config_path()
         path.parent.mkdir(parents=True, exist_ok=True)
+        import yaml
+
         text = yaml.safe_dump({"current-context": self.current_context, "contexts": self.contexts}, sort_keys=True)
         atomic_write(path, text, mode=0o600)
         return path

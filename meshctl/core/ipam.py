@@ -35,3 +35,25 @@ def next_address(subnet: ipaddress.IPv4Network | str, used: Collection[str]) -> 
         if addr not in taken:
             return addr
     raise SubnetExhausted(f"no address left in {net}")
+
+
+DEFAULT_PROBE = "100.112.0.0/12"
+
+
+def probe_address(overlay_ip: str, overlay_cidr: str, probe_cidr: str) -> str:
+    """A node's probe address: its overlay address's host bits in the probe network.
+
+    Probes (STAMP) go between probe addresses, which are never relayed, so every direct pair
+    stays measured while data traffic takes a relay. Derived, never stored: the same overlay
+    address always has the same probe address.
+    """
+    overlay = ipaddress.IPv4Network(overlay_cidr)
+    probe = ipaddress.IPv4Network(probe_cidr)
+    if probe.prefixlen != overlay.prefixlen:
+        raise ValueError(f"the probe network {probe} must be the size of the overlay {overlay}")
+    if probe.overlaps(overlay):
+        raise ValueError(f"the probe network {probe} overlaps the overlay {overlay}")
+    host = int(ipaddress.IPv4Address(overlay_ip)) - int(overlay.network_address)
+    if not 0 <= host < overlay.num_addresses:
+        raise ValueError(f"{overlay_ip} is not in the overlay {overlay}")
+    return str(ipaddress.IPv4Address(int(probe.network_address) + host))

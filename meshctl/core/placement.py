@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,10 +63,20 @@ def place(
     lat: float | None = None,
     lon: float | None = None,
     limit: int = 5,
+    nodes_drained: Collection[str] = (),
 ) -> Placement:
-    """Only active regions are chosen; ties break on the region id."""
+    """Only active regions are chosen; ties break on the region id.
+
+    `nodes_drained`: regions whose every node is drained (node drains): no node there takes a new
+    session, so they are passed over as a drained region is (shown as drained, noted why).
+    """
     if near is not None and near not in regions:
         raise UnknownRegion(near)
+    all_drained = set(nodes_drained)
+    states = {
+        rid: "drained" if rid in all_drained and states.get(rid, "active") == "active" else states.get(rid, "active")
+        for rid in regions
+    }
     if near is None and (lat is None or lon is None):
         raise ValueError("give near or both lat and lon")
     origin_lat = regions[near].lat if near is not None else float(lat)  # type: ignore[arg-type]
@@ -79,7 +89,7 @@ def place(
             state=states.get(rid, "active"),
             rtt_ms=_rtt(table, near, rid) if near is not None else None,
             distance_km=round(haversine_km(origin_lat, origin_lon, r.lat, r.lon), 1),
-            note=note,
+            note=note if note is not None or rid not in all_drained else "every node drained",
         )
 
     healthy = [rid for rid in regions if states.get(rid, "active") == "active"]
@@ -92,6 +102,8 @@ def place(
 
     if near is not None:
         own_state = states.get(near, "active")
+        if near in all_drained and own_state == "drained":
+            own_state = "drained (every node)"
         if own_state == "active":
             chosen = candidate(near)
             reason = f"{near} is healthy"

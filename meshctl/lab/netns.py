@@ -145,11 +145,9 @@ class Lab:
         sh("ip", "route", "replace", "default", "dev", self.tun, "table", "100", ns=self.wan_ns)
         sh("sysctl", "-qw", f"net.ipv4.conf.{self.tun}.rp_filter=0", ns=self.wan_ns)
 
-    def down(self, processes: Sequence[subprocess.Popen[bytes]] = ()) -> None:
-        """Remove everything with our prefix, also what a failed run left behind."""
-        for p in processes:
-            with contextlib.suppress(ProcessLookupError):
-                p.kill()
+    def wireguard_pids(self) -> list[int]:
+        """The wireguard-go processes of this lab's interfaces (they detach from the agent that started them)."""
+        pids = []
         for pid_dir in glob.glob("/proc/[0-9]*"):
             with contextlib.suppress(OSError):
                 cmd = Path(pid_dir, "cmdline").read_bytes().split(b"\0")
@@ -158,7 +156,17 @@ class Lab:
                     and cmd[0].endswith(b"wireguard-go")
                     and any(a.startswith(self.prefix.encode()) for a in cmd[1:])
                 ):
-                    os.kill(int(pid_dir.rsplit("/", 1)[1]), signal.SIGTERM)
+                    pids.append(int(pid_dir.rsplit("/", 1)[1]))
+        return pids
+
+    def down(self, processes: Sequence[subprocess.Popen[bytes]] = ()) -> None:
+        """Remove everything with our prefix, also what a failed run left behind."""
+        for p in processes:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+        for pid in self.wireguard_pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
         for ns in sorted(set(self.namespaces) | set(existing_namespaces(self.prefix))):
             sh("ip", "netns", "del", ns, check=False)
         for link in [x for x in leftovers(self.prefix) if not x.startswith("/")]:

@@ -127,7 +127,8 @@ def dump(topo: Topology, header: str = "") -> str:
     order = list(topo.regions)
     rows = [f"  - [{a}, {b}, {topo.rtt(a, b):.1f}]" for a, b in itertools.combinations(order, 2)]
     lines = [f"# {h}" if h else "#" for h in header.splitlines()] if header else []
-    lines += [f"name: {topo.name}", f"source: {yaml.safe_dump(topo.source, width=10**6).strip()}", "regions:"]
+    source = yaml.safe_dump(topo.source, width=10**6, default_style="'").strip()  # quoted: no "..." end marker
+    lines += [f"name: {topo.name}", f"source: {source}", "regions:"]
     lines += [f"  {r}: {{nodes: {n}}}" for r, n in topo.regions.items()]
     lines += ["rtt_ms:", *rows]
     return "\n".join(lines) + "\n"

@@ -107,7 +107,8 @@ class Controller:
 
     @property
     def peer_generation(self) -> int:
-        return self.state.peer_generation
+        """The peer list's generation (it also follows the route table with the relayed data plane)."""
+        return self.views.data_plane.generation(self._snapshot)
 
     @property
     def is_leader(self) -> bool:
@@ -250,6 +251,34 @@ class Controller:
         await self.recompute_now()
         return self.region_out(region)
 
+    async def drain_node(self, node_id: str, reason: str, by: str) -> s.NodeOut:
+        """Drain one node: no new sessions, no relaying; its agent learns it by its peer long poll."""
+        self.get_node(node_id)
+        try:
+            drain, gen = await self.db(self.store.set_node_drain, node_id, reason, by, self.clock())
+        except NotFound as exc:
+            raise Missing(f"unknown node {node_id!r}", field="node_id") from exc
+        self.state.put_node_drain(drain, gen)
+        self.metrics.events.labels("node_drain").inc()
+        await self.notify()
+        self.kick()  # a region whose every node is drained relays nothing: routes move
+        return self.node_out(self.get_node(node_id))
+
+    async def undrain_node(self, node_id: str, by: str) -> s.NodeOut:
+        """Lift a node's drain (409 when it has none; its region's drain is lifted on the region)."""
+        node = self.get_node(node_id)
+        gen = await self.db(self.store.remove_node_drain, node_id, f"undrained by {by}", by, self.clock())
+        if gen is None:
+            raise Conflict(f"node {node.name} ({node_id}) is not drained", field="node_id")
+        self.state.drop_node_drain(node_id, gen)
+        self.metrics.events.labels("node_undrain").inc()
+        await self.notify()
+        self.kick()
+        return self.node_out(self.get_node(node_id))
+
+    def node_drain_preview(self, node_id: str) -> s.NodeDrainPreview:
+        return self.views.node_drain_preview(node_id, self._snapshot)
+
     # --- tokens --------------------------------------------------------------------------
 
     async def create_token(self, body: s.TokenCreate) -> s.TokenCreated:
@@ -296,7 +325,7 @@ class Controller:
         return self.views.node_out(node)
 
     def peers_of(self, node_id: str) -> s.PeerList:
-        return self.views.peers_of(node_id)
+        return self.views.peers_of(node_id, self._snapshot)
 
     async def join(self, body: s.NodeJoin) -> s.NodeJoined:
         """Join with a join token, or by cloud identity (`body.attestation`: see service/join.py)."""

@@ -158,8 +158,19 @@ class Ingest:
             c.last_seq = seq if c.last_seq is None else max(c.last_seq, seq)
             c.reports_accepted += 1
         self.record(node, report.peers, start + report.window_s, now)
+        if report.reroutes:
+            await self._note_reroutes(node, report, now)
         self._metrics.reports_ingested.inc()
         return s.ReportAck(node_id=node.id, seq=seq, accepted=True)
+
+    async def _note_reroutes(self, node: Node, report: codec.ReportColumns, now: float) -> None:
+        """A node's local fast reroutes become one `reroute` event (the next table confirms or replaces them)."""
+        moves = [f"{r.region} -> {r.to} ({r.reason})" for r in report.reroutes]
+        reason = f"node {node.name} switched locally: " + "; ".join(moves[:5]) + ("; ..." if len(moves) > 5 else "")
+        data = {"reroutes": [r.model_dump() for r in report.reroutes]}
+        with contextlib.suppress(Exception):  # an event is not worth refusing the report for
+            await self._db(self._store.add_event, now, "reroute", reason[:1000], node.region, node.id, data)
+        self._metrics.events.labels("reroute").inc()
 
     async def _reload_nodes(self) -> None:
         """Reload nodes from the store; concurrent callers share one reload."""

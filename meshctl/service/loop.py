@@ -263,7 +263,8 @@ class ControlLoop:
             cost, rtt = cost_matrices(regions, links, ctl.weights, links_at)
         prev = current.table
         previous = prev if prev is not None and prev.regions == tuple(regions) else None
-        table = compute_routes(regions, cost, rtt, drained, ctl.weights, previous)
+        # no relay through a drained region, nor through one whose every node is drained
+        table = compute_routes(regions, cost, rtt, drained | state.no_transit_regions(), ctl.weights, previous)
         changed = int(changed_mask(previous, table).sum())
         states: dict[str, str] = {}
         health_out: dict[str, dict[str, Any]] = {}

@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 from pydantic import TypeAdapter
 
-from meshctl.wire.schemas import ReportIn
+from meshctl.wire.schemas import ReportIn, RerouteIn
 
 # The same report body for msgspec, the hot path's decoder (a fifth of pydantic's time on a
 # 150-peer report). Never laxer than ReportIn: a body msgspec accepts, ReportIn accepts with the
@@ -46,6 +46,7 @@ class _ReportWire(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     window_start: str  # read by pydantic's own datetime rules
     window_s: Annotated[float, msgspec.Meta(gt=0, le=300)]
     peers: Annotated[list[_PeerStatsWire], msgspec.Meta(max_length=2000)]
+    reroutes: list[Any] = msgspec.field(default_factory=list)  # rare: checked by ReportIn's own rules
 
 
 _REPORT_DECODER = msgspec.json.Decoder(_ReportWire)
@@ -82,6 +83,7 @@ class ReportColumns:
     window_start: float  # epoch seconds
     window_s: float
     peers: PeerColumns
+    reroutes: tuple[RerouteIn, ...] = ()  # local fast reroutes the agent made (probes.dataplane)
 
     @classmethod
     def from_model(cls, report: ReportIn) -> ReportColumns:
@@ -89,7 +91,9 @@ class ReportColumns:
         peers = PeerColumns.from_rows(
             [p.peer_node_id for p in ps], [(p.sent, p.received, p.rtt_p50_ms, p.rtt_p90_ms, p.jitter_ms) for p in ps]
         )
-        return cls(report.node_id, report.seq, report.window_start.timestamp(), report.window_s, peers)
+        return cls(
+            report.node_id, report.seq, report.window_start.timestamp(), report.window_s, peers, tuple(report.reroutes)
+        )
 
 
 def parse_report(raw: bytes | str) -> ReportColumns:
@@ -109,6 +113,8 @@ _GET = {name: attrgetter(name) for name in _PeerStatsWire.__struct_fields__}
 
 def _from_wire(w: _ReportWire) -> ReportColumns | None:
     """Columns of a body msgspec accepted; None when ReportIn's cross-field checks fail."""
+    if w.reroutes:
+        return None  # rare: ReportIn checks them, with its own errors
     ps, n = w.peers, len(w.peers)
 
     def ints(name: str) -> np.ndarray:  # fromiter: np.array converts Python ints to float slowly

@@ -14,7 +14,7 @@ from typing import Any
 from meshctl.core.regions import InvalidRegionId, parse_region_id
 from meshctl.service.errors import Invalid, Missing
 from meshctl.store.db import Store
-from meshctl.store.values import Drain, Node, Region, Token
+from meshctl.store.values import Drain, Node, NodeDrain, Region, Token
 
 Db = Callable[..., Awaitable[Any]]
 
@@ -42,6 +42,7 @@ class MeshState:
         self.regions: dict[str, Region] = {}
         self.drains: dict[str, Drain] = {}
         self.nodes: dict[str, Node] = {}
+        self.node_drains: dict[str, NodeDrain] = {}  # node id -> its own drain (its region's is in `drains`)
         self.counters: dict[str, NodeCounters] = {}
         self.node_by_hash: dict[str, str] = {}
         self.tokens_by_hash: dict[str, Token] = {}
@@ -70,7 +71,9 @@ class MeshState:
             self.config_version = version
             changed = True
         if force or peers != self.peer_generation:
-            gone = self._load_nodes(await self._db(self._store.nodes), peers)
+            nodes, node_drains = await asyncio.gather(self._db(self._store.nodes), self._db(self._store.node_drains))
+            self.node_drains = {d.node_id: d for d in node_drains}
+            gone = self._load_nodes(nodes, peers)
             changed = True
         return changed, gone
 
@@ -101,6 +104,14 @@ class MeshState:
     def drop_drain(self, region_id: str) -> None:
         self.drains.pop(region_id, None)
 
+    def put_node_drain(self, drain: NodeDrain, peer_generation: int) -> None:
+        self.node_drains[drain.node_id] = drain
+        self.peer_generation = max(self.peer_generation, peer_generation)
+
+    def drop_node_drain(self, node_id: str, peer_generation: int) -> None:
+        self.node_drains.pop(node_id, None)
+        self.peer_generation = max(self.peer_generation, peer_generation)
+
     def put_token(self, token: Token) -> None:
         self.tokens_by_hash[token.token_hash] = token
 
@@ -116,6 +127,7 @@ class MeshState:
 
     def drop_node(self, node: Node, peer_generation: int) -> None:
         self.nodes.pop(node.id, None)
+        self.node_drains.pop(node.id, None)
         self.counters.pop(node.id, None)
         self.clock_offsets.pop(node.id, None)
         self.skewed.discard(node.id)
@@ -144,6 +156,36 @@ class MeshState:
         if region_id in self.drains:
             return "drained"
         return states.get(region_id, "active")
+
+    def drain_of_node(self, node_id: str) -> tuple[str, Drain | NodeDrain] | None:
+        """Why a node takes no new sessions and relays nothing: ("node", its drain) or ("region",
+        its region's drain; manual or automatic), the node's own first; None when it is active."""
+        own = self.node_drains.get(node_id)
+        if own is not None:
+            return "node", own
+        node = self.nodes.get(node_id)
+        region_drain = None if node is None else self.drains.get(node.region)
+        return None if region_drain is None else ("region", region_drain)
+
+    @property
+    def drained_nodes(self) -> frozenset[str]:
+        """Live nodes that are drained, by their own drain or their region's: they take no new
+        sessions and relay nothing (the data plane reads this)."""
+        return frozenset(n.id for n in self.nodes.values() if n.id in self.node_drains or n.region in self.drains)
+
+    def no_transit_regions(self) -> frozenset[str]:
+        """Regions that relay nothing: drained ones, and those whose every node is drained (a
+        region with no node at all is left to its own state, as before node drains)."""
+        by_region: dict[str, bool] = {}
+        for n in self.nodes.values():
+            by_region[n.region] = by_region.get(n.region, True) and n.id in self.node_drains
+        return frozenset(self.drains) | {rid for rid, all_drained in by_region.items() if all_drained}
+
+    def placeable_nodes(self, region_id: str) -> list[str]:
+        """The region's nodes that take new sessions (not drained, by themselves or the region), by id."""
+        if region_id in self.drains:
+            return []
+        return sorted(n.id for n in self.nodes.values() if n.region == region_id and n.id not in self.node_drains)
 
     def last_report_by_region(self) -> dict[str, float]:
         """When each region's nodes were last heard from (by any replica, as far as we know)."""

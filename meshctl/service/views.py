@@ -2,6 +2,8 @@
 
 Each method takes the snapshot to answer from, so one answer never mixes two generations. The
 per-pair route JSON (the hottest read) is cached per snapshot, beside it rather than in it.
+About 500 lines because it is every response body of the API (regions, drains and their
+previews, nodes, peers, links, routes, placement, status), each a short mapping of its own.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from typing import cast, overload
 
 from meshctl.core.placement import NoHealthyRegion, UnknownRegion, place
 from meshctl.core.routing import RoutingWeights, compute_routes, diff_routes, explain_route
+from meshctl.service.dataplane import DataPlaneView
 from meshctl.service.errors import Invalid, Missing, Unavailable
 from meshctl.service.snapshot import Snapshot
 from meshctl.service.state import MeshState, check_region_id
 from meshctl.settings import Settings
-from meshctl.store.values import Event, Node, Region, Token
+from meshctl.store.values import Drain, Event, Node, NodeDrain, Region, Token
 from meshctl.wire import schemas as s
 
 STATE_ORDER = {"drained": 0, "degraded": 1, "active": 2}
@@ -46,6 +49,7 @@ class Views:
         self._clock = clock
         self._cached_for: Snapshot | None = None
         self._route_cache: dict[tuple[str, str], bytes] = {}
+        self.data_plane = DataPlaneView(state, settings, clock)
 
     # --- regions -------------------------------------------------------------------------
 
@@ -62,11 +66,7 @@ class Views:
             lon=r.lon,
             metro=r.metro,
             state=cast(s.RegionState, state.region_state(r.id, snap.states)),
-            drain=None
-            if drain is None
-            else s.DrainInfo(
-                kind=cast(s.DrainKind, drain.kind), reason=drain.reason, since=ts(drain.since), by=drain.by
-            ),
+            drain=_drain_out(drain),
             nodes_total=len(nodes),
             nodes_up=sum(1 for n in nodes if state.node_up(n, now)),
             health=s.RegionHealth(**snap.health.get(r.id, {})),
@@ -104,16 +104,76 @@ class Views:
             summary=summary,
         )
 
-    def _place_region(self, states: dict[str, str], near: str, snap: Snapshot) -> str | None:
+    def _place_region(
+        self, states: dict[str, str], near: str, snap: Snapshot, nodes_drained: frozenset[str] | None = None
+    ) -> str | None:
+        drained = self._regions_without_placeable_nodes() if nodes_drained is None else nodes_drained
         try:
-            return place(self._state.regions, states, snap.table, near=near).region
+            return place(self._state.regions, states, snap.table, near=near, nodes_drained=drained).region
         except (NoHealthyRegion, UnknownRegion):
             return None
+
+    def _regions_without_placeable_nodes(self, also_drained: str | None = None) -> frozenset[str]:
+        """Regions that have nodes, every one of them drained by a node drain (with `also_drained`
+        counted as drained too): placement passes over them. A region with no node at all is left
+        to the region's own state (a region is placeable before its first node joins, as before)."""
+        state = self._state
+        by_region: dict[str, list[str]] = {}
+        for n in state.nodes.values():
+            by_region.setdefault(n.region, []).append(n.id)
+        return frozenset(
+            rid for rid, ids in by_region.items() if all(i in state.node_drains or i == also_drained for i in ids)
+        )
+
+    def node_drain_preview(self, node_id: str, snap: Snapshot) -> s.NodeDrainPreview:
+        """What draining one node would change: its region's placement (when it is the region's
+        last node taking sessions) and the regions whose relayed routes it could no longer carry."""
+        state = self._state
+        node = state.node(node_id)
+        already = node_id in state.node_drains
+        placement_changes: list[s.PlacementChange] = []
+        if not already:
+            states = {rid: state.region_state(rid, snap.states) for rid in state.regions}
+            before_drained = self._regions_without_placeable_nodes()
+            after_drained = self._regions_without_placeable_nodes(also_drained=node_id)
+            if before_drained != after_drained:
+                for near in sorted(state.regions):
+                    before = self._place_region(states, near, snap, before_drained)
+                    after = self._place_region(states, near, snap, after_drained)
+                    if before != after:
+                        placement_changes.append(s.PlacementChange(near=near, before=before, after=after))
+        left = [i for i in state.placeable_nodes(node.region) if i != node_id]
+        relayed = 0
+        if snap.table is not None:
+            relayed = sum(1 for r in snap.table.all_routes() if r.path and node.region in r.path[1:-1])
+        if already:
+            summary = f"node {node.name} ({node_id}) is already drained; nothing would change"
+        else:
+            summary = (
+                f"draining node {node.name} ({node_id}) would leave {len(left)} node(s) of {node.region} taking"
+                f" sessions, move {len(placement_changes)} placements, and take it out of the relays for"
+                f" {relayed} relayed routes through {node.region}"
+            )
+        return s.NodeDrainPreview(
+            node_id=node_id,
+            region=node.region,
+            already_drained=already,
+            region_nodes_left=left,
+            placements_changed=placement_changes,
+            relayed_routes_through_region=relayed,
+            summary=summary,
+        )
+
+    def _drain_info(self, node_id: str) -> tuple[s.DrainInfo | None, str | None]:
+        """(the node's own drain, "node" | "region" | None: why it is drained, its own drain first)."""
+        found = self._state.drain_of_node(node_id)
+        return _drain_out(self._state.node_drains.get(node_id)), None if found is None else found[0]
 
     # --- nodes and tokens ----------------------------------------------------------------
 
     def node_out(self, n: Node) -> s.NodeOut:
         c = self._state.counters_of(n.id)
+        drain, scope = self._drain_info(n.id)
         return s.NodeOut(
             id=n.id,
             name=n.name,
@@ -127,11 +187,16 @@ class Views:
             last_seq=c.last_seq,
             reports_accepted=c.reports_accepted,
             clock_offset_s=_opt(self._state.clock_offsets.get(n.id)),
+            drain=drain,
+            drained=scope is not None,
+            drained_by=cast(s.DrainScope | None, scope),
         )
 
-    def peers_of(self, node_id: str) -> s.PeerList:
+    def peers_of(self, node_id: str, snap: Snapshot | None = None) -> s.PeerList:
         state = self._state
         state.node(node_id)
+        drained = state.drained_nodes
+        dp = self.data_plane.for_node(node_id, snap)  # AllowedIPs, probe addresses, paths
         peers = [
             s.Peer(
                 node_id=n.id,
@@ -140,13 +205,40 @@ class Views:
                 public_key=n.public_key,
                 endpoint=n.endpoint,
                 overlay_ip=n.overlay_ip,
-                allowed_ips=[f"{n.overlay_ip}/32"],
+                allowed_ips=dp.allowed[n.id],
+                drained=n.id in drained,
+                probe_ip=dp.probe_ip[n.id],
             )
             for n in sorted(state.nodes.values(), key=lambda x: x.id)
             if n.id != node_id
         ]
         return s.PeerList(
-            node_id=node_id, generation=state.peer_generation, overlay_cidr=self._settings.overlay_cidr, peers=peers
+            node_id=node_id,
+            generation=self.data_plane.generation(snap),
+            overlay_cidr=self._settings.overlay_cidr,
+            peers=peers,
+            self_state=self.self_state(node_id),
+            probe_ip=dp.probe_ip[node_id],
+            probe_cidr=self._settings.probe_cidr,
+            relay_data_plane=dp.on,
+            paths=dp.paths,
+        )
+
+    def self_state(self, node_id: str) -> s.NodeSelfState:
+        """The node's own drain state, as its agent reads it (healthz, hooks) from its peer list."""
+        state = self._state
+        node = state.node(node_id)
+        found = state.drain_of_node(node_id)
+        own = state.node_drains.get(node_id)
+        region_drain = state.drains.get(node.region)
+        return s.NodeSelfState(
+            drained=found is not None,
+            scope=None if found is None else cast(s.DrainScope, found[0]),
+            reason=None if found is None else found[1].reason,
+            since=None if found is None else ts(found[1].since),
+            node_drain=_drain_out(own),
+            region_drained=region_drain is not None,
+            region_drain=_drain_out(region_drain),
         )
 
     @staticmethod
@@ -253,7 +345,14 @@ class Views:
         candidates: list[s.RouteCandidate] = []
         if snap.table is not None and snap.cost is not None and snap.rtt is not None:
             for c in explain_route(
-                snap.table.regions, snap.cost, snap.rtt, snap.drained, self._weights, src, dst, table=snap.table
+                snap.table.regions,
+                snap.cost,
+                snap.rtt,
+                set(snap.drained) | self._state.no_transit_regions(),
+                self._weights,
+                src,
+                dst,
+                table=snap.table,
             ):
                 candidates.append(
                     s.RouteCandidate(
@@ -296,13 +395,22 @@ class Views:
             state.region(near)
         states = {rid: state.region_state(rid, snap.states) for rid in state.regions}
         try:
-            p = place(state.regions, states, snap.table, near=near, lat=lat, lon=lon)
+            p = place(
+                state.regions,
+                states,
+                snap.table,
+                near=near,
+                lat=lat,
+                lon=lon,
+                nodes_drained=self._regions_without_placeable_nodes(),
+            )
         except NoHealthyRegion as exc:
             raise Unavailable(f"no healthy region to place in: {exc}") from exc
         except UnknownRegion as exc:
             raise Missing(f"near: unknown region {near!r}", field="near") from exc
         return s.PlacementOut(
             region=p.region,
+            nodes=state.placeable_nodes(p.region),
             reason=p.reason,
             rtt_ms=_opt(p.rtt_ms),
             distance_km=_opt(p.distance_km),
@@ -356,6 +464,13 @@ class Views:
             replicas=replicas,
             degraded_store=not store_ok,
         )
+
+
+def _drain_out(drain: Drain | NodeDrain | None) -> s.DrainInfo | None:
+    """A region's or a node's drain as the wire shows it."""
+    if drain is None:
+        return None
+    return s.DrainInfo(kind=cast(s.DrainKind, drain.kind), reason=drain.reason, since=ts(drain.since), by=drain.by)
 
 
 def _opt(x: float | None) -> float | None:

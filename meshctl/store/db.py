@@ -59,6 +59,7 @@ from meshctl.store.models import (
     JoinPolicyRow,
     JoinTokenRow,
     LeaseRow,
+    NodeDrainRow,
     NodeIdentityRow,
     NodeRow,
     RegionRow,
@@ -77,6 +78,7 @@ from meshctl.store.values import (
     JoinToken,
     Lease,
     Node,
+    NodeDrain,
     PublishedTable,
     Region,
     Replica,
@@ -346,6 +348,7 @@ class Store:
                 row.kind, row.reason, row.by = kind, reason, by
             self._event(s, now, "drain", reason, region=region, data={"kind": kind, "by": by})
             self._bump(s, "config_version")
+            self._bump(s, "peer_generation")  # the region's nodes' peer lists say drained: long polls wake
             return Drain.of(row)
 
     def remove_drain(
@@ -366,7 +369,52 @@ class Store:
             s.delete(row)
             self._event(s, now, "undrain", reason, region=region, data={"kind": row.kind, "by": by})
             self._bump(s, "config_version")
+            self._bump(s, "peer_generation")
             return True
+
+    # --- node drains ---------------------------------------------------------------------
+
+    def node_drains(self) -> list[NodeDrain]:
+        """Drains of live nodes (a removed node's drain is history)."""
+        with self._tx() as s:
+            q = (
+                select(NodeDrainRow)
+                .join(NodeRow, NodeRow.id == NodeDrainRow.node_id)
+                .where(NodeRow.removed_at.is_(None))
+            )
+            return [NodeDrain.of(r) for r in s.scalars(q)]
+
+    def set_node_drain(self, node_id: str, reason: str, by: str | None, now: float) -> tuple[NodeDrain, int]:
+        """Drain a node (manual) and record why; the peer generation moves (its agent's long poll wakes)."""
+        with self._tx() as s:
+            node = s.get(NodeRow, node_id)
+            if node is None or node.removed_at is not None:
+                raise NotFound(node_id)
+            row = s.get(NodeDrainRow, node_id)
+            if row is None:
+                row = NodeDrainRow(node_id=node_id, kind="manual", reason=reason, since=now, by=by)
+                s.add(row)
+            else:
+                row.reason, row.by = reason, by
+            self._event(
+                s, now, "node_drain", reason, region=node.region, node_id=node_id, data={"kind": "manual", "by": by}
+            )
+            gen = self._bump(s, "peer_generation")
+            s.flush()
+            return NodeDrain.of(row), gen
+
+    def remove_node_drain(self, node_id: str, reason: str, by: str | None, now: float) -> int | None:
+        """Lift a node's drain: the new peer generation, or None when it was not drained."""
+        with self._tx() as s:
+            node = s.get(NodeRow, node_id)
+            row = s.get(NodeDrainRow, node_id)
+            if node is None or row is None:
+                return None
+            s.delete(row)
+            self._event(
+                s, now, "node_undrain", reason, region=node.region, node_id=node_id, data={"kind": row.kind, "by": by}
+            )
+            return self._bump(s, "peer_generation")
 
     # --- API tokens ----------------------------------------------------------------------
 

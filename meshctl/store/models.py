@@ -35,6 +35,18 @@ class DrainRow(Base):
     by: Mapped[str | None] = mapped_column(String(64))
 
 
+class NodeDrainRow(Base):
+    """A drained node: takes no new sessions and relays nothing (its region may be active)."""
+
+    __tablename__ = "node_drains"
+
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    since: Mapped[float] = mapped_column(Float)
+    by: Mapped[str | None] = mapped_column(String(64))
+
+
 class TokenRow(Base):
     __tablename__ = "api_tokens"
 

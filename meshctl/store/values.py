@@ -41,6 +41,15 @@ class Drain(_FromRow):
 
 
 @dataclass(frozen=True, slots=True)
+class NodeDrain(_FromRow):
+    node_id: str
+    kind: str  # "manual"
+    reason: str
+    since: float
+    by: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Token(_FromRow):
     """An API token (its hash; the secret is shown once and never stored)."""
 

@@ -51,6 +51,7 @@ Scope = Literal["admin", "operator", "reader"]
 Cloud = Literal["aws", "gcp", "azure"]  # the clouds an attested join knows (meshctl.attest)
 RegionState = Literal["active", "degraded", "drained"]
 DrainKind = Literal["manual", "auto"]
+DrainScope = Literal["node", "region"]  # what drained a node: its own drain or its region's
 
 
 _NUMBERS = (int, float, int | None, float | None)
@@ -280,6 +281,44 @@ class Peer(BaseModel):
     endpoint: str
     overlay_ip: str
     allowed_ips: list[str]
+    drained: bool = Field(
+        default=False, description="The peer or its region is drained: it takes no new sessions and relays nothing"
+    )
+    probe_ip: str | None = Field(
+        default=None, description="The peer's probe address: probes go to it, never relayed (on its own entry)"
+    )
+
+
+class NodeSelfState(BaseModel):
+    """The asking node's own state, in its peer list: a drain moves the peer generation, so the
+    agent's long poll learns it at once (and answers 503 on its /healthz, runs its hooks)."""
+
+    drained: bool = False
+    scope: DrainScope | None = Field(default=None, description="node: its own drain (first); region: its region's")
+    reason: str | None = None
+    since: datetime | None = None
+    node_drain: DrainInfo | None = None
+    region_drained: bool = False
+    region_drain: DrainInfo | None = None
+
+
+class DataHop(BaseModel):
+    """A data-plane path to a region: direct (no relay) or through one node of a relay region."""
+
+    relay_region: RegionId | None = None
+    relay_node: str | None = None
+
+
+class DataPath(BaseModel):
+    """The path overlay traffic to `region` takes (the same both ways), and the precomputed backup
+    (no relay or link in common with the primary) the agent switches to when the primary's next hop
+    stops answering."""
+
+    region: RegionId
+    subnet: str = Field(description="The region's overlay subnet, carried by a relay node's entry")
+    primary: DataHop
+    backup: DataHop | None = None
+    note: str | None = None
 
 
 class PeerList(BaseModel):
@@ -287,6 +326,15 @@ class PeerList(BaseModel):
     generation: int
     overlay_cidr: str
     peers: list[Peer]
+    self_state: NodeSelfState | None = None
+    probe_ip: str | None = Field(default=None, description="This node's own probe address (on its interface)")
+    probe_cidr: str | None = None
+    relay_data_plane: bool = Field(
+        default=False, description="allowed_ips follow the route table (relayed pairs), with `paths` below"
+    )
+    paths: list[DataPath] = Field(
+        default_factory=list, description="Per other region: the data-plane path in use and its backup"
+    )
 
 
 class NodeOut(BaseModel):
@@ -304,6 +352,9 @@ class NodeOut(BaseModel):
     clock_offset_s: float | None = Field(
         default=None, description="How far the node's clock is ahead (+) or behind (-) the controller's"
     )
+    drain: DrainInfo | None = Field(default=None, description="The node's own drain (its region's is on the region)")
+    drained: bool = Field(default=False, description="Drained, by its own drain or its region's")
+    drained_by: DrainScope | None = None
 
 
 class NodeJoined(BaseModel):
@@ -340,12 +391,23 @@ class PeerStats(Lenient):
         return max(0.0, 100.0 * (self.sent - min(self.received, self.sent)) / self.sent)
 
 
+class RerouteIn(Lenient):
+    """A local fast reroute the agent made since its last report: a region's traffic moved to its
+    backup path (or back to the primary) because the primary's next hop stopped answering."""
+
+    at: float = Field(ge=0, le=1e11, allow_inf_nan=False, description="When, in the node's epoch seconds")
+    region: RegionId
+    to: str = Field(min_length=1, max_length=200, description='"direct", "via REGION (NODE)" or "primary"')
+    reason: str = Field(max_length=500)
+
+
 class ReportIn(Lenient):
     node_id: str = Field(min_length=1, max_length=64)
     seq: int = Field(ge=0, le=2**62, description="Per-node window counter; a repeated seq is a duplicate")
     window_start: datetime
     window_s: float = Field(gt=0, le=300, allow_inf_nan=False)
     peers: list[PeerStats] = Field(max_length=2000)
+    reroutes: list[RerouteIn] = Field(default_factory=list, max_length=100)
 
     @model_validator(mode="after")
     def _consistent(self) -> ReportIn:
@@ -437,6 +499,9 @@ class PlacementCandidate(BaseModel):
 
 class PlacementOut(BaseModel):
     region: RegionId
+    nodes: list[str] = Field(
+        default_factory=list, description="The region's nodes that take new sessions (drained nodes left out)"
+    )
     reason: str
     rtt_ms: float | None = None
     distance_km: float | None = None
@@ -461,6 +526,9 @@ EventKind = Literal[
     "alert",
     "clock_skew",
     "join_refused",
+    "node_drain",
+    "node_undrain",
+    "reroute",
 ]
 
 
@@ -630,6 +698,19 @@ class DrainPreview(BaseModel):
     already_drained: bool
     routes_changed: list[RouteChange]
     placements_changed: list[PlacementChange]
+    summary: str
+
+
+class NodeDrainPreview(BaseModel):
+    node_id: str
+    region: RegionId
+    dry_run: bool = True
+    already_drained: bool
+    region_nodes_left: list[str] = Field(description="The region's other nodes still taking sessions")
+    placements_changed: list[PlacementChange]
+    relayed_routes_through_region: int = Field(
+        description="Relayed routes through the node's region (it leaves their relays)"
+    )
     summary: str
 
 

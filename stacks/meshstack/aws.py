@@ -111,22 +111,33 @@ class AwsMediaRegion(pulumi.ComponentResource):
         super().__init__("meshctl:aws:MediaRegion", name, None, opts)
         region = spec.region.split(":", 1)[1]
         t = tags(settings, spec.region)
-        child = pulumi.ResourceOptions(parent=self)
+        # the region's provider carries the required tags as default_tags: every resource below that
+        # takes tags gets them (tags_all) without threading them by hand. Two exceptions stay explicit:
+        # the launch template's tag_specifications (the instances, volumes, NICs it launches) and the
+        # autoscaling group's own tag list (propagate_at_launch): default_tags reach neither.
+        provider = aws.Provider(
+            f"{name}-aws",
+            region=region,
+            default_tags=aws.ProviderDefaultTagsArgs(tags=t),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
         azs = zones(region)
         vpc = aws.ec2.Vpc(
             f"{name}-vpc",
             cidr_block="10.64.0.0/16",
             enable_dns_hostnames=True,
             region=region,
-            tags={**t, "Name": f"{name}-vpc"},
-            opts=pulumi.ResourceOptions(parent=self, protect=True),  # `pulumi state unprotect` to delete it
+            tags={"Name": f"{name}-vpc"},
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=provider, protect=True
+            ),  # `pulumi state unprotect` to delete it
         )
-        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, region=region, tags=t, opts=child)
+        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, region=region, opts=child)
         rt = aws.ec2.RouteTable(
             f"{name}-rt",
             vpc_id=vpc.id,
             region=region,
-            tags=t,
             routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
             opts=child,
         )
@@ -139,7 +150,7 @@ class AwsMediaRegion(pulumi.ComponentResource):
                 availability_zone=zone,
                 map_public_ip_on_launch=True,
                 region=region,
-                tags={**t, "Name": f"{name}-{zone}"},
+                tags={"Name": f"{name}-{zone}"},
                 opts=child,
             )
             aws.ec2.RouteTableAssociation(
@@ -147,7 +158,7 @@ class AwsMediaRegion(pulumi.ComponentResource):
             )
             subnets.append(subnet)
         sg = aws.ec2.SecurityGroup(
-            f"{name}-sg", vpc_id=vpc.id, description="meshctl media node", region=region, tags=t, opts=child
+            f"{name}-sg", vpc_id=vpc.id, description="meshctl media node", region=region, opts=child
         )
         for rule in firewall_rules(settings):
             for n, source in enumerate(rule.sources):
@@ -160,7 +171,6 @@ class AwsMediaRegion(pulumi.ComponentResource):
                     to_port=rule.to_port,
                     description=rule.description,
                     region=region,
-                    tags=t,
                     opts=child,
                     **family,
                 )
@@ -170,7 +180,6 @@ class AwsMediaRegion(pulumi.ComponentResource):
             ip_protocol="-1",
             cidr_ipv4="0.0.0.0/0",
             region=region,
-            tags=t,
             opts=child,
         )
         instance_type = spec.instance_type or settings.instance_type
@@ -200,7 +209,6 @@ class AwsMediaRegion(pulumi.ComponentResource):
             ],
             update_default_version=True,
             region=region,
-            tags=t,
             opts=child,
         )
         on_demand_pct = 100 - spec.spot_percent
@@ -250,8 +258,8 @@ class AwsMediaRegion(pulumi.ComponentResource):
                     f"{name}-eip-{i}",
                     domain="vpc",
                     region=region,
-                    tags={**t, "Name": node_name(settings, spec.region, i), POOL_TAG: pool},
-                    opts=pulumi.ResourceOptions(parent=self, protect=True),
+                    tags={"Name": node_name(settings, spec.region, i), POOL_TAG: pool},
+                    opts=pulumi.ResourceOptions(parent=self, provider=provider, protect=True),
                 )
                 addresses.append(eip.public_ip)
         self.pools = [

@@ -9,6 +9,9 @@ and an autoscale setting when minNodes/maxNodes differ from nodes."""
 from __future__ import annotations
 
 import base64
+import functools
+import importlib
+import inspect
 import math
 import re
 from typing import Any, Literal
@@ -122,6 +125,28 @@ def check(settings: StackSettings) -> None:
             )
 
 
+@functools.cache
+def takes_tags(type_token: str) -> bool:
+    """Whether an azure-native resource type has a `tags` input, read from the SDK's own signature."""
+    _, module, cls = type_token.split(":")
+    resource = getattr(importlib.import_module(f"pulumi_azure_native.{module}"), cls)
+    return "tags" in inspect.signature(resource._internal_init).parameters
+
+
+def tag_transform(required: dict[str, str]) -> pulumi.ResourceTransform:
+    """Azure has no provider default tags: this transform gives `required` to every azure-native
+    resource that takes tags (a resource's own tags win on a clash), so no resource threads them."""
+
+    def transform(args: pulumi.ResourceTransformArgs) -> pulumi.ResourceTransformResult | None:
+        if not args.type_.startswith("azure-native:") or not takes_tags(args.type_):
+            return None
+        props = dict(args.props)
+        props["tags"] = {**required, **(props.get("tags") or {})}
+        return pulumi.ResourceTransformResult(props=props, opts=args.opts)
+
+    return transform
+
+
 def _custom_data(text: str) -> str:
     encoded = base64.b64encode(text.encode()).decode()
     if len(encoded) > CUSTOM_DATA_LIMIT:
@@ -144,9 +169,10 @@ class AzureMediaRegion(pulumi.ComponentResource):
         super().__init__("meshctl:azure:MediaRegion", name, None, opts)
         check(settings)
         location = spec.region.split(":", 1)[1]
-        t = tags(settings, spec.region)
-        child = pulumi.ResourceOptions(parent=self)
-        rg = resources.ResourceGroup(f"{name}-rg", location=location, tags=t, opts=child)
+        # every resource of the region that takes tags gets the required ones (Azure: no default tags)
+        tagged = [tag_transform(tags(settings, spec.region))]
+        child = pulumi.ResourceOptions(parent=self, transforms=tagged)
+        rg = resources.ResourceGroup(f"{name}-rg", location=location, opts=child)
         rules = []
         for priority, rule in enumerate(firewall_rules(settings), start=100):
             ports = str(rule.from_port) if rule.from_port == rule.to_port else f"{rule.from_port}-{rule.to_port}"
@@ -166,15 +192,16 @@ class AzureMediaRegion(pulumi.ComponentResource):
             )
         # Azure's default rules deny all other inbound traffic from the internet (priority 65500)
         nsg = network.NetworkSecurityGroup(
-            f"{name}-nsg", resource_group_name=rg.name, location=location, security_rules=rules, tags=t, opts=child
+            f"{name}-nsg", resource_group_name=rg.name, location=location, security_rules=rules, opts=child
         )
         vnet = network.VirtualNetwork(
             f"{name}-vnet",
             resource_group_name=rg.name,
             location=location,
             address_space=network.AddressSpaceArgs(address_prefixes=["10.64.0.0/16"]),
-            tags=t,
-            opts=pulumi.ResourceOptions(parent=self, protect=True),  # `pulumi state unprotect` to delete it
+            opts=pulumi.ResourceOptions(
+                parent=self, transforms=tagged, protect=True
+            ),  # `pulumi state unprotect` to delete it
         )
         subnet = network.Subnet(
             f"{name}-subnet",
@@ -211,8 +238,7 @@ class AzureMediaRegion(pulumi.ComponentResource):
                 public_ip_address_version="IPv4",
                 sku=network.PublicIPPrefixSkuArgs(name="Standard", tier="Regional"),
                 zones=list(ZONES),
-                tags=t,
-                opts=pulumi.ResourceOptions(parent=self, protect=True),
+                opts=pulumi.ResourceOptions(parent=self, transforms=tagged, protect=True),
             )
             public_ip.public_ip_prefix = compute.SubResourceArgs(id=prefix.id)
         spot = spec.spot_percent > 0
@@ -297,7 +323,6 @@ class AzureMediaRegion(pulumi.ComponentResource):
                     ]
                 ),
             ),
-            tags=t,
             opts=child,
         )
         if (low, high) != (spec.nodes, spec.nodes):
@@ -340,7 +365,6 @@ class AzureMediaRegion(pulumi.ComponentResource):
                         ],
                     )
                 ],
-                tags=t,
                 opts=child,
             )
         self.pools = [

@@ -152,7 +152,15 @@ class GcpMediaRegion(pulumi.ComponentResource):
         assert isinstance(shared, GcpNetwork), "the GCP regions need the stack's shared network"
         region = spec.region.split(":", 1)[1]
         labels = {k: label_safe(v) for k, v in tags(settings, spec.region).items()}
-        child = pulumi.ResourceOptions(parent=self)
+        # the region's provider carries the required labels as default_labels: every resource below
+        # that takes labels gets them (effective_labels) without threading them by hand
+        provider = gcp.Provider(
+            f"{name}-gcp",
+            project=pulumi.Config("gcp").get("project"),
+            default_labels=labels,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
         described = f"meshctl {settings.name}/{settings.environment} {spec.region}"
         region_zones = zones(region)
         subnet = gcp.compute.Subnetwork(
@@ -188,7 +196,6 @@ class GcpMediaRegion(pulumi.ComponentResource):
                 ],
                 metadata={"user-data": user_data, "block-project-ssh-keys": "true"},
                 tags=[shared.node_tag],
-                labels=labels,
                 shielded_instance_config=gcp.compute.InstanceTemplateShieldedInstanceConfigArgs(
                     enable_secure_boot=True
                 ),

@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 CONFIG_NAMESPACE = "meshctl-stacks"
 WIREGUARD_PORT = 51820
 MAX_NODE_NAME = 63
+# what node stacks read from the shared stack (mesh.sharedStack) through a StackReference: its outputs
+# of these names, which the node stack's own config must then leave unset
+SHARED_OUTPUTS = ("controllerUrl", "agentWheelUrl", "agentWheelSha256", "agentWheelhouseUrl", "agentWheelhouseSha256")
+STACK_NAME = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}$")
 POOL_SUFFIX = 4  # a GCP managed instance group names its VMs <base_instance_name>-<4 characters>
 REGION_ID = re.compile(r"^([a-z][a-z0-9]*):([a-z0-9][a-z0-9-]*)$")
 
@@ -70,6 +74,8 @@ class StackSettings(BaseModel):
     agent_wheelhouse_sha256: str | None = Field(default=None, alias="agentWheelhouseSha256")
     # a public address per node that survives its replacement (README: how, per cloud)
     static_addresses: bool = Field(default=True, alias="staticAddresses")
+    # the environment's shared stack (org/project/stack): controller URL and agent artifacts come from it
+    shared_stack: str | None = Field(default=None, alias="sharedStack")
     regions: list[RegionSpec]
 
     @field_validator("controller_url")
@@ -114,8 +120,48 @@ def validate(raw: Any, known_regions: dict[str, frozenset[str]]) -> StackSetting
             f"{CONFIG_NAMESPACE}:mesh.cloud: unknown cloud {settings.cloud!r}; "
             f"one of {', '.join(sorted(known_regions))}"
         )
+    if settings.shared_stack is not None:
+        if not STACK_NAME.match(settings.shared_stack):
+            raise StackConfigError(
+                f"{CONFIG_NAMESPACE}:mesh.sharedStack: {settings.shared_stack!r} is not a stack name "
+                "(organization/project/stack, e.g. organization/meshctl-shared/dev)"
+            )
+        for key in SHARED_OUTPUTS:
+            if raw.get(key) is not None:
+                raise StackConfigError(
+                    f"{CONFIG_NAMESPACE}:mesh.{key}: comes from the shared stack {settings.shared_stack} "
+                    "(mesh.sharedStack); remove it here"
+                )
+        return _check_rest(settings, known_regions)
     if not settings.controller_url:
         raise StackConfigError(f"{CONFIG_NAMESPACE}:mesh.controllerUrl: missing; the agents must know the controller")
+    return _check_rest(settings, known_regions)
+
+
+def with_shared(
+    raw: dict[str, Any], outputs: dict[str, Any], known_regions: dict[str, frozenset[str]]
+) -> StackSettings:
+    """The settings with the shared stack's outputs in place of the keys it provides.
+
+    A missing controllerUrl, or a value the node stack's own validation refuses, is an error that
+    names the shared stack and its output.
+    """
+    name = raw.get("sharedStack")
+    if not outputs.get("controllerUrl"):
+        raise StackConfigError(
+            f"{CONFIG_NAMESPACE}:mesh.sharedStack: the shared stack {name} has no output controllerUrl "
+            "(run `pulumi up` on it first: stacks/shared; or check the stack name)"
+        )
+    merged = {k: v for k, v in raw.items() if k != "sharedStack"}
+    merged.update({k: outputs[k] for k in SHARED_OUTPUTS if outputs.get(k) is not None})
+    try:
+        return validate(merged, known_regions)
+    except StackConfigError as exc:
+        raise StackConfigError(f"output of the shared stack {name}: {exc}") from None
+
+
+def _check_rest(settings: StackSettings, known_regions: dict[str, frozenset[str]]) -> StackSettings:
+    """Regions, pool bounds, admin CIDRs, agent artifacts, node names and ports."""
     if not settings.regions:
         raise StackConfigError(f"{CONFIG_NAMESPACE}:mesh.regions: at least one region")
     seen = set()

@@ -32,6 +32,13 @@ def _resource_policy(
     )
 
 
+def _required_tags(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    provider = args.provider
+    defaults = rules.provider_defaults(provider.resource_type, provider.props) if provider is not None else {}
+    for message in rules.required_tags(args.resource_type, args.props, defaults):
+        report_violation(message, None)
+
+
 def _wireguard(args: StackValidationArgs, report_violation: ReportViolation) -> None:
     collected = [(r.resource_type, r.props) for r in args.resources]
     for typ, props in collected:
@@ -48,7 +55,12 @@ POLICIES = [
         "A GCP ingress firewall names its sources (empty means 0.0.0.0/0).",
         rules.gcp_firewall_has_sources,
     ),
-    _resource_policy("required-tags", "Every resource carries mesh, mesh-region and environment.", rules.required_tags),
+    ResourceValidationPolicy(
+        name="required-tags",
+        description="Every resource carries mesh, mesh-region and environment (its own or its provider's defaults).",
+        validate=_required_tags,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    ),
     _resource_policy("pool-spans-zones", "A node pool spans at least two zones.", rules.pool_spans_zones),
     _resource_policy("allowed-instance-types", "Instance types from the allow list only.", rules.allowed_instance_type),
     StackValidationPolicy(

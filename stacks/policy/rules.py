@@ -6,6 +6,7 @@ tested without starting a policy pack.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -170,15 +171,34 @@ def wireguard_port_open(
     return [f"WireGuard (udp/{WIREGUARD_PORT}) is not open inbound: the node cannot join the mesh"]
 
 
-def required_tags(typ: str, props: Mapping[str, Any]) -> list[str]:
+def provider_defaults(provider_type: str | None, provider_props: Mapping[str, Any] | None) -> dict[str, str]:
+    """The tags (AWS `defaultTags`) or labels (GCP `defaultLabels`) a provider adds to its resources.
+
+    A provider's object-valued settings may arrive JSON-encoded (as the engine passes them)."""
+    key = {"pulumi:providers:aws": "defaultTags", "pulumi:providers:gcp": "defaultLabels"}.get(provider_type or "")
+    value: Any = (provider_props or {}).get(key) if key else None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    if key == "defaultTags" and isinstance(value, Mapping):
+        value = value.get("tags")
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
+def required_tags(typ: str, props: Mapping[str, Any], defaults: Mapping[str, str] | None = None) -> list[str]:
+    """The required tags on a resource: its own, with its provider's default tags/labels under them."""
     field = TAGGABLE.get(typ)
     if field is None:
         return []
-    present = props.get(field) or {}
-    if isinstance(present, list):  # an autoscaling group's tags (propagated to its instances)
-        present = {
-            t.get("key"): t.get("value") for t in present if isinstance(t, Mapping) and t.get("propagateAtLaunch")
-        }
+    own = props.get(field) or {}
+    present: dict[Any, Any]
+    if isinstance(own, list):  # an autoscaling group's tags (propagated to its instances): no default reaches them
+        present = {t.get("key"): t.get("value") for t in own if isinstance(t, Mapping) and t.get("propagateAtLaunch")}
+    else:
+        computed = props.get("tagsAll") or props.get("effectiveLabels") or {}
+        present = {**(defaults or {}), **computed, **own}
     missing = [t for t in REQUIRED_TAGS if not present.get(t)]
     return [f"missing {field}: {', '.join(missing)}"] if missing else []
 

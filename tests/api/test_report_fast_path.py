@@ -170,8 +170,8 @@ def test_decoder_agrees_on_generated_bodies(changes: list[tuple[str, int, Any]])
     for field, i, value in changes:
         if field in ("node_id", "seq", "window_start", "window_s", "peers", "extra"):
             body[field] = value
-        elif isinstance(body.get("peers"), list) and body["peers"] and isinstance(body["peers"][-1], dict):
-            body["peers"][i % len(body["peers"])][field] = value
+        elif isinstance(peers := body.get("peers"), list) and peers and isinstance(peers[i % len(peers)], dict):
+            peers[i % len(peers)][field] = value
     assert_same(json.dumps(body).encode())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,62 @@ def test_lazy_sub_apps_help_matches_their_own() -> None:
     for name, (module, attr, text) in LAZY.items():
         app = getattr(importlib.import_module(module), attr)
         assert typer.main.get_command(app).help == text, name
+
+
+API_PROBE = """
+import json, ssl, sys
+loads = []
+load = ssl.SSLContext.load_verify_locations
+def counting(self, *args, **kwargs):
+    loads.append(args or kwargs)
+    return load(self, *args, **kwargs)
+ssl.SSLContext.load_verify_locations = counting
+import meshctl.cli.main as m
+sys.argv = ["meshctl", *sys.argv[1:]]
+try:
+    m.main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+modules = sorted(k for k, v in sys.modules.items() if v is not None)  # None: an import refused on purpose
+sys.stderr.write("\\nPROBE " + json.dumps({"code": code, "modules": modules, "ca_loads": len(loads)}))
+"""
+
+# what a command that calls the API must not load: the server, the lab, the stacks, the agent,
+# the route watch (asyncio and threads), trio (Selenium's, imported by httpcore when present)
+NOT_FOR_THE_CLI = (
+    "fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "psycopg", "numpy", "numba", "msgspec",
+    "prometheus_client", "cryptography", "pulumi", "selenium", "trio", "meshctl.server", "meshctl.api",
+    "meshctl.service", "meshctl.store", "meshctl.lab", "meshctl.cli.lab", "meshctl.cli.stack", "probes",
+    "meshctl.client._routes", "httpx._main",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["status"], ["-o", "json", "status"], ["regions", "list", "-o", "yaml"], ["route", A, B, "--explain"]],
+)
+def test_an_api_command_loads_only_the_client(controller: ControllerProcess, tmp_path: Path, argv: list[str]) -> None:
+    """Start-up of a command that calls the API: the client (httpx, pydantic models), Rich for a
+    table, PyYAML for yaml, and nothing of the server or the lab; and no certificate authorities
+    loaded for an http:// controller (httpx would load certifi's, 30-40 ms, for every client)."""
+    controller.feed_links({(A, B): 20.0, (B, A): 20.0})
+    env = {
+        **os.environ,
+        "MESHCTL_CONTROLLER": controller.url,
+        "MESHCTL_TOKEN": controller.admin_token,
+        "MESHCTL_CONFIG": str(tmp_path / "no-config.yaml"),
+        "COLUMNS": "80",
+    }
+    r = subprocess.run([sys.executable, "-c", API_PROBE, *argv], capture_output=True, text=True, env=env, timeout=60)
+    probe = json.loads(r.stderr.rsplit("PROBE ", 1)[1])
+    assert probe["code"] in (0, None), r.stderr
+    assert r.stdout.strip(), "the command printed its answer"
+    modules = set(probe["modules"])
+    assert "meshctl.client._client" in modules and "httpx" in modules  # it did call the API
+    loaded = sorted(m for m in modules if any(m == bad or m.startswith(bad + ".") for bad in NOT_FOR_THE_CLI))
+    assert loaded == [], loaded
+    assert probe["ca_loads"] == 0, "an http:// controller needs no certificate authorities"
+    assert ("yaml" in modules) == ("yaml" in argv), "PyYAML only for -o yaml (no config file here)"
+    assert ("rich" in modules) == ("-o" not in argv), "Rich only for tables"

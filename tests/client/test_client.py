@@ -190,3 +190,26 @@ def test_watch_refused_raises_and_stops(controller: ControllerProcess) -> None:
         with pytest.raises(Unauthorized):
             c.routes.watch(timeout=10)
         assert not c.routes.watching and not c.routes.loaded
+
+
+def test_tls_authorities_only_for_https(controller: ControllerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client of an http:// controller loads no certificate authorities (httpx would load
+    certifi's for every client: 30-40 ms of each CLI command); an https:// one still does, so
+    certificates stay verified."""
+    import ssl
+
+    loads: list[object] = []
+    load = ssl.SSLContext.load_verify_locations
+
+    def counting(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+        loads.append(args or kwargs)
+        load(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)
+    with Client(controller.url, controller.admin_token) as c:
+        assert c.status().generation >= 0
+        assert c.routes.loaded is False  # the route table exists once asked for, and closes with the client
+    assert loads == []
+    with Client("https://127.0.0.1:1") as tls:
+        assert tls.base_url.startswith("https://")
+    assert len(loads) >= 1, "https: httpx's default authorities (certifi or SSL_CERT_FILE)"

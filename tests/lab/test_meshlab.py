@@ -112,8 +112,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabUnderTest]:
     t = LabUnderTest(tmp_path_factory.mktemp("meshlab"), prefix=f"ml{os.getpid() % 10000}", net="10.216")
     try:
         t0 = time.monotonic()
-        t.meshctl("lab", "up")
-        timing(f"lab up (12 namespaces, wireguard-go, agents, controller, all joined): {time.monotonic() - t0:.1f} s")
+        up = t.meshctl("lab", "up")
+        steady = "steady" if "steady: all" in up.stderr else "still settling"  # `up` waits for true links
+        timing(
+            f"lab up (12 namespaces, wireguard-go, agents, controller, all joined, links {steady}): "
+            f"{time.monotonic() - t0:.1f} s"
+        )
         yield t
     finally:
         t.meshctl("lab", "down", check=False)

@@ -43,6 +43,12 @@ VALUES: dict[str, tuple[str, object]] = {
     "targets_per_region": ("3", 3),
     "join": ("attested", "attested"),
     "join_token_file": ("/etc/meshctl/join-token", Path("/etc/meshctl/join-token")),
+    "health_listen": ("127.0.0.1:9902", "127.0.0.1:9902"),
+    "controller_grace_s": ("60", 60.0),
+    "on_drain": ("/usr/local/bin/stop-rooms --now", "/usr/local/bin/stop-rooms --now"),
+    "on_undrain": ("/usr/local/bin/take-rooms", "/usr/local/bin/take-rooms"),
+    "hook_timeout_s": ("10", 10.0),
+    "early_after": ("4", 4),
 }
 FROM_ENV: dict[str, str] = {  # a second value per field, given as MESH_*
     "controller": "http://env:2",
@@ -60,6 +66,12 @@ FROM_ENV: dict[str, str] = {  # a second value per field, given as MESH_*
     "targets_per_region": "2",
     "join": "token",
     "join_token_file": "/run/env-token",
+    "health_listen": "127.0.0.2:2",
+    "controller_grace_s": "2",
+    "on_drain": "env-drain",
+    "on_undrain": "env-undrain",
+    "hook_timeout_s": "2",
+    "early_after": "2",
 }
 FROM_FILE: dict[str, str | int | float] = {  # a third value per field, in the YAML file
     "controller": "http://file:3",
@@ -77,6 +89,12 @@ FROM_FILE: dict[str, str | int | float] = {  # a third value per field, in the Y
     "targets_per_region": 4,
     "join": "auto",
     "join_token_file": "/run/file-token",
+    "health_listen": "[::1]:3",
+    "controller_grace_s": 3,
+    "on_drain": "file-drain",
+    "on_undrain": "file-undrain",
+    "hook_timeout_s": 3,
+    "early_after": 3,
 }
 # The join token and its file are one setting given two ways (both from one source is an error), so a
 # command line gives one of them: the file, unless the token itself is the setting under test.
@@ -168,6 +186,12 @@ def test_flag_names_are_the_documented_ones() -> None:
         "--window",
         "--probe-rate",
         "--targets-per-region",
+        "--early-after",
+        "--health-listen",
+        "--controller-grace",
+        "--on-drain",
+        "--on-undrain",
+        "--hook-timeout",
     }
     # no abbreviations: `--win 2` is not `--window 2`, so a future `--winXYZ` flag cannot change a script's meaning
     assert main(["run", "--win", "2"]) == 2

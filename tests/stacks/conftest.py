@@ -32,9 +32,16 @@ def stack_config(cloud: str) -> dict[str, Any]:
     return cfg
 
 
-def run_program(stack: str, config: dict[str, Any]) -> dict[str, Any]:
+def run_program(
+    stack: str,
+    config: dict[str, Any],
+    stack_outputs: dict[str, dict[str, Any]] | None = None,
+    program: Path = ROOT / "stacks",
+) -> dict[str, Any]:
+    """The program under mocks; `stack_outputs` are what StackReferences to those stacks read."""
+    argv = [stack, json.dumps(config), json.dumps(stack_outputs or {}), str(program)]
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "stacks" / "mockrun.py"), stack, json.dumps(config)],
+        [sys.executable, str(ROOT / "tests" / "stacks" / "mockrun.py"), *argv],
         capture_output=True,
         text=True,
         timeout=120,
@@ -62,6 +69,26 @@ def plain(value: Any) -> Any:
 
 def of_type(result: dict[str, Any], typ: str) -> list[dict[str, Any]]:
     return [r for r in result["resources"] if r["type"] == typ]
+
+
+def provider_of(result: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any] | None:
+    """The explicit provider resource a resource was made with (None: the default provider)."""
+    ref = resource.get("provider")
+    if not ref:
+        return None
+    urn, _, pid = ref.rpartition("::")
+    name = urn.rsplit("::", 1)[-1]
+    found = [r for r in result["resources"] if r["type"].startswith("pulumi:providers:") and r["name"] == name]
+    assert len(found) == 1 and found[0]["id"] == pid, (ref, found)
+    return found[0]
+
+
+def provider_defaults(result: dict[str, Any], resource: dict[str, Any]) -> dict[str, str]:
+    """The default tags (AWS) or labels (GCP) the resource's provider gives it, as the policy pack reads them."""
+    import rules
+
+    provider = provider_of(result, resource)
+    return rules.provider_defaults(provider["type"], plain(provider["inputs"])) if provider else {}
 
 
 def user_data_docs(result: dict[str, Any]) -> list[tuple[str, bool]]:

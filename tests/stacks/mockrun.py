@@ -1,6 +1,9 @@
 """Run the Pulumi program under Pulumi's mocks, in its own process, and print what it made.
 
-Usage: python tests/stacks/mockrun.py STACK CONFIG_JSON  ->  JSON {resources, calls, outputs, error}
+Usage: python tests/stacks/mockrun.py STACK CONFIG_JSON [STACK_OUTPUTS_JSON [PROGRAM_DIR]]
+  ->  JSON {resources, calls, outputs, error}
+STACK_OUTPUTS_JSON ({"org/project/stack": {output: value}}) is what a StackReference to each of
+those stacks reads (a stack not listed has no outputs); PROGRAM_DIR defaults to stacks/.
 A fresh process per run: Pulumi's runtime keeps global state that must not leak between tests.
 
 Each resource is recorded with its type, name, id (`<name>-id`, so wiring can be followed) and
@@ -26,6 +29,7 @@ resources: list[dict[str, Any]] = []
 calls: list[dict[str, Any]] = []
 exports: dict[str, Any] = {}
 ip_counter = [10]
+stack_outputs: dict[str, dict[str, Any]] = {}
 IP_FIELD = {
     "aws:ec2/instance:Instance": "publicIp",
     "aws:ec2/eip:Eip": "publicIp",
@@ -49,8 +53,23 @@ MockMonitor.RegisterResource = _record_protect  # type: ignore[method-assign]
 
 class Mocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        # the mock monitor hands over the resource's transforms without running them: run them as the
+        # engine does (each on the props the previous one gave), so the record holds what a cloud gets
+        for transform in args.transforms:
+            done = transform(
+                pulumi.ResourceTransformArgs(
+                    custom=bool(args.custom),
+                    type_=args.typ,
+                    name=args.name,
+                    props=args.inputs,
+                    opts=pulumi.ResourceOptions(),
+                )
+            )
+            if done is not None:
+                args.inputs = dict(done.props)  # type: ignore[union-attr]
         state = dict(args.inputs)
         record = {"type": args.typ, "name": args.name, "id": f"{args.name}-id", "inputs": _plain(args.inputs)}
+        record["provider"] = args.provider  # "<urn>::<id>" of an explicit provider, else None
         if args.typ in IP_FIELD:
             ip_counter[0] += 1
             state[IP_FIELD[args.typ]] = record["ip"] = f"203.0.113.{ip_counter[0]}"
@@ -58,6 +77,9 @@ class Mocks(pulumi.runtime.Mocks):
             state["latestVersion"] = 1
         if args.typ == "gcp:compute/instanceTemplate:InstanceTemplate":
             state["selfLinkUnique"] = f"{args.name}-id"  # as the id: the wiring can be followed
+        if args.typ == "pulumi:pulumi:StackReference":  # a read of another stack: its outputs
+            state = {"name": args.inputs["name"], "outputs": stack_outputs.get(args.inputs["name"], {})}
+            state["secretOutputNames"] = []
         if "name" not in state:
             state["name"] = args.name
         resources.append(record)
@@ -114,6 +136,8 @@ def _plain(value: Any) -> Any:
 
 def main() -> None:
     stack, config = sys.argv[1], json.loads(sys.argv[2])
+    stack_outputs.update(json.loads(sys.argv[3]) if len(sys.argv) > 3 else {})
+    program = Path(sys.argv[4]) if len(sys.argv) > 4 else STACKS
     pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()})
     pulumi.runtime.set_mocks(Mocks(), project="meshctl-stacks", stack=stack, preview=False)
     pulumi.export = lambda name, value: exports.__setitem__(name, value)
@@ -121,7 +145,7 @@ def main() -> None:
 
     @pulumi.runtime.test
     def run() -> Any:
-        runpy.run_path(str(STACKS / "__main__.py"), run_name="__main__")
+        runpy.run_path(str(program / "__main__.py"), run_name="__main__")
         return pulumi.Output.from_input(exports).apply(lambda v: result.__setitem__("outputs", v))
 
     try:

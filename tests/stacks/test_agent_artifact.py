@@ -5,19 +5,17 @@ hash-checking mode and no index. Needs the network to PyPI once (build backend, 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 from meshstack import cloudinit
 
-from tests.stacks.conftest import ROOT
+from tests.stacks.artifacts import Artifacts, build_agent_artifacts, sha256
 
 pytestmark = pytest.mark.slow
 
@@ -34,39 +32,11 @@ cp "$ARTIFACTS/${url##*/}" "$out"
 """
 
 
-@dataclass(frozen=True)
-class Artifacts:
-    dir: Path
-    wheel: Path
-    wheelhouse: Path
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     """`pip wheel --no-deps .` and the wheelhouse for this machine's Python and architecture."""
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(out)],
-        check=True,
-        timeout=120,
-        cwd=out,
-    )
-    (wheel,) = out.glob("meshctl-*.whl")
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    arch = os.uname().machine
-    tool = ROOT / "stacks" / "tools" / "agent_wheelhouse.py"
-    subprocess.run(
-        [sys.executable, str(tool), "--wheel", str(wheel), "--out", str(out), "--python", py, "--arch", arch],
-        check=True,
-        timeout=180,
-        capture_output=True,
-    )
-    (wheelhouse,) = out.glob("meshctl-agent-wheelhouse-*.tar.gz")
-    return Artifacts(out, wheel, wheelhouse)
+    return build_agent_artifacts(tmp_path_factory.mktemp("dist"), py, os.uname().machine)
 
 
 def install(artifacts: Artifacts, tmp: Path, wheelhouse_sha: str | None = None) -> subprocess.CompletedProcess[str]:

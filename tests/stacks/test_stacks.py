@@ -22,6 +22,7 @@ from tests.stacks.conftest import (
     POOL_TYPES,
     ROOT,
     of_type,
+    provider_defaults,
     run_program,
     stack_config,
     user_data_docs,
@@ -112,7 +113,7 @@ def test_tags_on_every_resource(program: tuple[str, dict[str, Any]]) -> None:
     cloud, result = program
     checked = set()
     for r in result["resources"]:
-        problems = rules.required_tags(r["type"], r["inputs"])
+        problems = rules.required_tags(r["type"], r["inputs"], provider_defaults(result, r))
         assert problems == [], (r["type"], r["name"], problems)
         if r["type"] in rules.TAGGABLE:
             checked.add(r["type"])

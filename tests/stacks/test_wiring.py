@@ -8,7 +8,9 @@ import ipaddress
 from typing import Any
 
 import pytest
+from meshstack.model import label_safe
 from pulumi_policy import (
+    PolicyProviderResource,
     PolicyResource,
     ResourceValidationArgs,
     ResourceValidationPolicy,
@@ -16,7 +18,7 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from tests.stacks.conftest import of_type, plain, run_program, stack_config
+from tests.stacks.conftest import of_type, plain, provider_defaults, provider_of, run_program, stack_config
 from tests.stacks.mockrun import mock_ami
 
 SSM_PATH = "/aws/service/canonical/ubuntu/server/24.04/stable/current/{arch}/hvm/ebs-gp3/ami-id"
@@ -363,10 +365,12 @@ def violations(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     for r in resources:
         urn = f"urn:pulumi:dev::meshctl-stacks::{r['type']}::{r['name']}"
         props = plain(r["inputs"])
-        policy_resources.append(PolicyResource(r["type"], props, urn, r["name"], None, None, None, [], {}))  # type: ignore[arg-type]
+        prov = provider_of(result, r)
+        provider = PolicyProviderResource(prov["type"], plain(prov["inputs"]), "", prov["name"]) if prov else None
+        policy_resources.append(PolicyResource(r["type"], props, urn, r["name"], None, provider, None, [], {}))  # type: ignore[arg-type]
         for policy in POLICIES:
             if isinstance(policy, ResourceValidationPolicy):
-                args = ResourceValidationArgs(r["type"], props, urn, r["name"], None, None)  # type: ignore[arg-type]
+                args = ResourceValidationArgs(r["type"], props, urn, r["name"], None, provider)  # type: ignore[arg-type]
                 policy.validate(args, lambda msg, _urn, p=policy.name, n=r["name"]: found.append((p, n, msg)))  # type: ignore[misc]
     for policy in POLICIES:
         if isinstance(policy, StackValidationPolicy):
@@ -381,3 +385,62 @@ def test_policy_pack_passes_on_each_clouds_program(program: tuple[str, dict[str,
     _, result = program
     assert violations(result) == []
     assert len([r for r in result["resources"] if not r["type"].startswith(("pulumi:", "meshctl:"))]) > 10
+
+
+# --- tags and labels from the providers, not threaded by hand ---------------------------------
+
+REQUIRED = ("mesh", "mesh-region", "environment")
+
+
+@AWS
+def test_aws_required_tags_come_from_each_regions_provider_default_tags(program: tuple[str, dict[str, Any]]) -> None:
+    result = only("aws", program)
+    providers = {p["name"]: p for p in of_type(result, "pulumi:providers:aws")}
+    assert sorted(plain(p["inputs"])["region"] for p in providers.values()) == sorted(regions_of("aws"))
+    for r in result["resources"]:
+        if not r["type"].startswith("aws:"):
+            continue
+        provider = provider_of(result, r)
+        assert provider is not None, f"{r['name']} uses the default provider (no default tags)"
+        defaults = provider_defaults(result, r)
+        assert defaults["mesh-region"] == f"aws:{r['inputs']['region']}", "the provider of the resource's region"
+        own = r["inputs"].get("tags") or {}
+        if isinstance(own, dict):  # not threaded by hand (Name and the pool tag are the resource's own)
+            assert not set(own) & set(REQUIRED), (r["name"], own)
+    # where default tags do not reach, the required tags stay explicit: instances a template launches
+    for lt in of_type(result, "aws:ec2/launchTemplate:LaunchTemplate"):
+        for spec in lt["inputs"]["tagSpecifications"]:
+            assert all(spec["tags"].get(k) for k in REQUIRED), spec
+
+
+@GCP
+def test_gcp_required_labels_come_from_each_regions_provider_default_labels(
+    program: tuple[str, dict[str, Any]],
+) -> None:
+    result = only("gcp", program)
+    for t in of_type(result, "gcp:compute/instanceTemplate:InstanceTemplate"):
+        labels = provider_defaults(result, t)
+        assert all(labels.get(k) for k in REQUIRED) and "labels" not in t["inputs"], t["name"]
+        assert labels["mesh-region"] == label_safe(f"gcp:{t['inputs']['region']}")
+
+
+@AZURE
+def test_azure_tags_on_every_resource_the_sdk_lets_take_tags(program: tuple[str, dict[str, Any]]) -> None:
+    """Azure has no default tags: the stack transform tags each resource whose SDK class has `tags`."""
+    import importlib
+    import inspect
+
+    result = only("azure", program)
+    checked = 0
+    for r in result["resources"]:
+        if not r["type"].startswith("azure-native:"):
+            continue
+        _, module, cls = r["type"].split(":")
+        sdk = getattr(importlib.import_module(f"pulumi_azure_native.{module}"), cls)
+        if "tags" in inspect.signature(sdk._internal_init).parameters:
+            tags = r["inputs"].get("tags") or {}
+            assert all(tags.get(k) for k in REQUIRED), (r["name"], tags)
+            checked += 1
+        else:
+            assert "tags" not in r["inputs"], f"{r['type']} takes no tags"
+    assert checked >= 12

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import yaml
 
 from meshctl.core.catalog import lookup
 from meshctl.lab.topology import TopologyError, dump, from_skyplane, load_topology, parse
-from meshctl.lab.wanrouter import Fault, FaultError, WanModel
+from meshctl.lab.wanrouter import Fault, FaultError, Lateness, WanModel, WanRouter
 
 SKYPLANE = Path(__file__).resolve().parents[1] / "data" / "rtt-12-regions.csv"
 GOOD = {
@@ -154,3 +156,51 @@ def test_fault_descriptions() -> None:
     assert Fault.make("blackhole", None).describe() == "blackhole"
     assert Fault.make("loss", 30).describe() == "loss 30%"
     assert Fault.make("delay", 100).describe() == "delay +100 ms"
+
+
+def test_dump_quotes_any_source() -> None:
+    """A plain one-word source once dumped as `source: x\\n...` (a YAML document end): not loadable."""
+    for source in ("Skyplane", "it's: a table", ""):
+        topo = parse({**GOOD, "source": source})
+        assert parse(yaml.safe_load(dump(topo))).source == source
+
+
+def _ipv4(src: str, dst: str) -> bytes:
+    return bytes([0x45]) + bytes(11) + ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
+
+
+def test_router_writes_each_packet_when_due_in_due_order_and_drops_blackholed() -> None:
+    router = WanRouter(-1, model())  # one-way: a:x <-> b:y 10 ms, a:x <-> c:z 40 ms, others 1 ms
+    written: list[bytes] = []
+    now = time.monotonic()
+    far, near, other = _ipv4("10.0.1.2", "10.0.3.2"), _ipv4("10.0.1.2", "10.0.2.2"), _ipv4("10.0.2.2", "10.0.3.2")
+    for pkt in (far, near, other, b"\x60" + bytes(39), b"short"):  # an IPv6 and a runt packet: ignored
+        router.accept(pkt, now)
+    wait = router.flush(written.append)
+    assert written == [] or written == [other]  # only the 1 ms one can be due yet
+    assert wait is not None and wait <= 0.040
+    deadline = now + 0.2
+    while router.flush(written.append) is not None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert written == [other, near, far]
+    assert router.forwarded == 3 and router.late.n == 3
+    router.control({"op": "fault", "region": "c:z", "kind": "blackhole"})
+    router.accept(far, time.monotonic())
+    assert router.flush(written.append) is None and router.dropped == 1 and len(written) == 3
+    answer = router.control({"op": "status", "reset_late": True})
+    assert answer["late"]["packets"] == 3 and answer["forwarded"] == 3 and router.late.n == 0
+
+
+def test_lateness_quantiles() -> None:
+    late = Lateness()
+    assert late.summary() == {"packets": 0, "p50_ms": 0.0, "p99_ms": 0.0, "p999_ms": 0.0, "max_ms": 0.0}
+    for _ in range(990):
+        late.add(0.00005)  # 0.05 ms: the first 0.1 ms bucket
+    for _ in range(10):
+        late.add(0.0123)
+    late.add(-0.001)  # early never counts as negative
+    s = late.summary()
+    assert s["packets"] == 1001 and s["p50_ms"] == 0.1 and s["p99_ms"] == 0.1 and s["p999_ms"] == 12.4
+    assert s["max_ms"] == 12.3
+    late.add(5.0)  # beyond the histogram: the last bucket, the true maximum kept
+    assert late.quantile_ms(1.0) == 100.0 and late.summary()["max_ms"] == 5000.0

@@ -1,4 +1,4 @@
-"""Nodes: join, list, remove, peers (with generation, ETag and long poll), key rotation."""
+"""Nodes: join, list, remove, drain, peers (with generation, ETag and long poll), key rotation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
 
-from meshctl.api.deps import Admin, AnyCaller, Ctl, Node, Reader
+from meshctl.api.deps import Admin, AnyCaller, Ctl, Node, Operator, Reader
 from meshctl.api.params import RegionQuery
 from meshctl.api.problems import AUTH, BODY, problem_responses
 from meshctl.service.auth import Principal
@@ -59,6 +59,28 @@ async def get_node(node_id: NodeId, ctl: Ctl, who: AnyCaller) -> s.NodeOut:
 @router.delete("/{node_id}", response_model=s.NodeOut, responses=problem_responses(*AUTH, 404, 422, 503))
 async def remove_node(node_id: NodeId, ctl: Ctl, _: Admin) -> s.NodeOut:
     return await ctl.remove_node(node_id)
+
+
+@router.post(
+    "/{node_id}/drain",
+    response_model=s.NodeOut | s.NodeDrainPreview,
+    responses=problem_responses(*AUTH, 404, *BODY, 503),
+)
+async def drain_node(
+    node_id: NodeId, body: s.DrainRequest, ctl: Ctl, who: Operator, dry_run: bool = False
+) -> s.NodeOut | s.NodeDrainPreview:
+    """Drain one node: it takes no new sessions (placement leaves it out) and relays nothing; its
+    agent learns it through its peer long poll (503 on its /healthz, its drain hook runs).
+    `?dry_run=true` shows what would change and changes nothing."""
+    if dry_run:
+        return ctl.node_drain_preview(node_id)
+    return await ctl.drain_node(node_id, body.reason, who.name)
+
+
+@router.delete("/{node_id}/drain", response_model=s.NodeOut, responses=problem_responses(*AUTH, 404, 409, 422, 503))
+async def undrain_node(node_id: NodeId, ctl: Ctl, who: Operator) -> s.NodeOut:
+    """Lift a node's drain (409 if the node has none; a region drain is lifted on the region)."""
+    return await ctl.undrain_node(node_id, who.name)
 
 
 @router.get(

@@ -13,7 +13,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 const state = {
   token: null, who: null, status: null, regions: new Map(), routes: null, routesEtag: null,
-  links: null, selected: null, view: "map", mapKey: null, lastEventId: 0, streamAbort: null, timers: [],
+  links: null, linksEtag: null, selected: null, view: "map", mapKey: null, lastEventId: 0, streamAbort: null, timers: [],
   history: null,
 };
 
@@ -85,7 +85,7 @@ function signOut(message = "") {
   state.timers.forEach(clearInterval);
   state.timers = [];
   if (state.streamAbort) state.streamAbort.abort();
-  Object.assign(state, { token: null, who: null, streamAbort: null, routesEtag: null, lastEventId: 0, mapKey: null });
+  Object.assign(state, { token: null, who: null, streamAbort: null, routesEtag: null, linksEtag: null, lastEventId: 0, mapKey: null });
   $("app").hidden = true;
   $("signout").hidden = true;
   $("signin").hidden = false;
@@ -437,8 +437,12 @@ async function explainRoute() {
 
 async function refreshLinks() {
   try {
-    const { data } = await api("/v1/links");
+    const headers = state.linksEtag ? { "If-None-Match": state.linksEtag } : {};
+    const out = await api("/v1/links", { headers });
+    if (out.notModified) return;
+    const { data } = out;
     state.links = data;
+    state.linksEtag = out.res.headers.get("ETag");
     if (state.view === "matrix") renderMatrix();
   } catch (err) {
     if (err.status !== 401) showBanner("conn", `Links: ${err.message}`);

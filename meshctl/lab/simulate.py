@@ -1,0 +1,731 @@
+"""The scale simulator: a real controller, and N regions x M synthetic agents in one asyncio process.
+
+No namespaces and no probes on the wire: each synthetic node joins with a join token of its region
+(`POST /v1/nodes`, at a given rate), then sends one window every `window_s` exactly as the real
+agent does (`probes.agent.close_window` and `probes.reporter`: the same body, `seq` from 0 up, the
+node credential as bearer, `X-Mesh-Sent-At`), over keep-alive HTTP/1.1 connections that cost the
+simulator little CPU, so the cores go to the controller under test. Each node reports k nodes of
+every other region (the design's fan-out), with the RTTs of the Skyplane table
+(`meshctl.core.rttdata`; past its 69 regions, copies of them with a 2 ms RTT between copies).
+
+Faults on a schedule: `dark:REGION@T` (the region's nodes stop reporting and every report about
+them shows 100% loss) and `lossy:A/B@T` (the A<->B links lose `lossy_percent`); REGION is an id
+or its index in the run. Outage-to-drain is the controller's `drain` event time minus the fault's.
+
+What it measures is in `Result`; `meshctl lab simulate` shows it live, `bench.bench_scale` prints
+it (and one JSON line). One simulator process: its own CPU and how late it sent windows are in
+the result (`sim_cpu_percent`, `sim_lag_p99_ms`), so a run that could not keep up says so.
+
+Over 500 lines as one module because most of it is `Simulation`, one run's shared state (fleet,
+schedule, counters) and the tasks that read it; it would split first at the measuring side (the
+/proc, database and /metrics readers, and the summary) into their own module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from meshctl.client import AsyncClient
+from meshctl.core.catalog import lookup
+from meshctl.core.rttdata import parse_skyplane_csv
+
+RTT_CSV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cloud-rtt-skyplane.csv"
+COPY_RTT_MS = 2.0  # between two copies of one Skyplane region (past the table's 69)
+PROBES_PER_S = 5  # per target, as the lab's agents
+HEALTHZ_BURST = 2000
+
+
+class SimError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # "dark" or "lossy"
+    regions: tuple[str, ...]
+    at_s: float
+
+    def describe(self) -> str:
+        return f"{self.kind}:{'/'.join(self.regions)}@{self.at_s:g}"
+
+
+@dataclass
+class SimConfig:
+    regions: int = 3
+    nodes_per_region: int = 2
+    duration_s: float = 30.0
+    window_s: float = 5.0
+    k: int = 2
+    join_rate: float = 0.0  # joins/s; 0: as fast as the controller takes them (8 at a time)
+    faults: list[str] = field(default_factory=list)
+    lossy_percent: float = 30.0
+    database_url: str | None = None
+    connections: int = 32
+    route_qps: float = 20.0
+    rtt_csv: Path = RTT_CSV
+    controller_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Tick:
+    """One window of the run, for a live view."""
+
+    t_s: float
+    reports_per_s: float
+    report_p99_ms: float
+    controller_cpu_percent: float
+    acknowledged: int
+    drained: list[str]
+    faults: list[str]
+
+
+# --- the fleet's shape ---------------------------------------------------------------------
+
+
+def region_ids(n: int, csv_path: Path) -> tuple[list[str], Callable[[int, int], float]]:
+    """n region ids and the RTT (ms) between two of them by index: the Skyplane regions, then copies."""
+    table = parse_skyplane_csv(csv_path.read_text())
+    base = sorted({a for a, _ in table} | {b for _, b in table})
+    ids = [base[i] if i < len(base) else f"{base[i % len(base)]}-s{i // len(base)}" for i in range(n)]
+
+    def rtt(i: int, j: int) -> float:
+        a, b = base[i % len(base)], base[j % len(base)]
+        return COPY_RTT_MS if a == b else table.get((a, b)) or table.get((b, a)) or 100.0
+
+    return ids, rtt
+
+
+def parse_fault(text: str, regions: list[str]) -> Fault:
+    """`dark:REGION@T` or `lossy:A/B@T`; a region is its id or its index in `regions`."""
+    kind, _, rest = text.partition(":")
+    where, at, when = rest.rpartition("@")
+    if kind not in ("dark", "lossy") or not at or not where:
+        raise SimError(f"fault {text!r}: expected dark:REGION@SECONDS or lossy:A/B@SECONDS")
+    names = where.split("/")
+    if len(names) != (1 if kind == "dark" else 2):
+        raise SimError(f"fault {text!r}: dark takes one region, lossy two (A/B)")
+    out = []
+    for name in names:
+        if name.isdigit() and int(name) < len(regions):
+            name = regions[int(name)]
+        if name not in regions:
+            raise SimError(f"fault {text!r}: no region {name!r} in this run (ids or 0..{len(regions) - 1})")
+        out.append(name)
+    return Fault(kind, tuple(out), float(when))
+
+
+@dataclass
+class SimNode:
+    index: int
+    region: int
+    node_id: str = ""
+    token: str = ""
+    seq: int = 0
+    acked: int = 0
+    peers: list[tuple[str, int, float]] = field(default_factory=list)  # (peer id, its region, rtt ms)
+    parts: list[str] = field(default_factory=list)  # its peers[] entries while nothing is faulty
+    body_version: int = -1
+    peers_json: bytes = b""
+
+
+def peer_json(peer_id: str, rtt: float, sent: int, loss: float, jitter: float) -> str:
+    """One `peers[]` entry as `probes.stats.PeerWindow.summary` writes it (made by hand: ~1 us)."""
+    received = sent - round(sent * loss / 100.0)
+    head = (
+        f'{{"peer_node_id": "{peer_id}", "sent": {sent}, "received": {max(0, received)}, "reorders": 0, "duplicates": 0'
+    )
+    if received <= 0:
+        return head + "}"
+    return (
+        f'{head}, "rtt_min_ms": {rtt * 0.98:.4f}, "rtt_p50_ms": {rtt:.4f}, "rtt_p90_ms": {rtt * 1.03:.4f},'
+        f' "rtt_max_ms": {rtt * 1.1:.4f}, "jitter_ms": {jitter:.4f}}}'
+    )
+
+
+# --- a raw keep-alive connection -----------------------------------------------------------
+
+
+class RawConn:
+    """HTTP/1.1 on one keep-alive connection, requests pre-built as bytes: little client CPU."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def send(self, request: bytes) -> int:
+        """The status of the answer; a kept-alive connection the server closed meanwhile (uvicorn
+        closes one idle for 5 s) is opened again and the request sent once more, as HTTP clients do."""
+        reused = self.writer is not None
+        try:
+            return await self._send(request)
+        except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+            self.close()
+            if not reused:
+                raise
+        return await self._send(request)
+
+    async def _send(self, request: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        try:
+            self.writer.write(request)
+            status_line = await self.reader.readline()
+            length = 0
+            while (line := await self.reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await self.reader.readexactly(length)
+            return int(status_line.split()[1])
+        except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+# --- the controller process ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Controller:
+    proc: subprocess.Popen[bytes]
+    url: str
+    token: str
+    database_url: str
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_controller(database_url: str | None, workdir: Path, env: dict[str, str]) -> Controller:
+    """`meshctl serve` on a free port (SQLite in `workdir` unless `database_url`), ready to answer."""
+    import httpx
+
+    port, token = free_port(), secrets.token_urlsafe(24)
+    url = database_url or f"sqlite:///{workdir / 'controller.db'}"
+    log = workdir / "controller.log"
+    argv = [sys.executable, "-m", "meshctl", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--database-url", url, "--replica-id", "sim", "--log-level", "warning"]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "MESH_ADMIN_TOKEN": token, **env}
+        )
+    ctl = Controller(proc, f"http://127.0.0.1:{port}", token, url, log)
+    deadline = time.monotonic() + 300  # a 2-core machine at load 40: minutes seen
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SimError(f"the controller exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(ctl.url + "/healthz", timeout=1).status_code == 200:
+                return ctl
+        time.sleep(0.2)
+    ctl.stop()
+    raise SimError(f"the controller did not answer /healthz within 300 s:\n{log.read_text()[-3000:]}")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_mib(pid: int, key: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def db_bytes(database_url: str) -> int:
+    """The database's size on disk: the SQLite file with its WAL, or pg_database_size."""
+    if database_url.startswith("sqlite"):
+        path = Path(database_url.split(":///", 1)[1])
+        return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    return _scalar(database_url, "select pg_database_size(current_database())")
+
+
+def stored_reports(database_url: str) -> int:
+    """Rows in the store's `reports` table (every accepted window is one)."""
+    return _scalar(database_url, "select count(*) from reports")
+
+
+def _scalar(database_url: str, sql: str) -> int:
+    import sqlalchemy as sa
+
+    if database_url.startswith(("postgresql://", "postgres://")):  # the driver installed is psycopg 3
+        database_url = "postgresql+psycopg://" + database_url.split("://", 1)[1]
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as c:
+            return int(c.execute(sa.text(sql)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def recompute_histogram(metrics_text: str) -> tuple[dict[float, float], float, float]:
+    """(cumulative bucket counts by upper bound, count, sum) of mesh_route_recompute_seconds."""
+    buckets: dict[float, float] = {}
+    count = total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith("mesh_route_recompute_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[math.inf if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("mesh_route_recompute_seconds_count "):
+            count = float(line.split()[1])
+        elif line.startswith("mesh_route_recompute_seconds_sum "):
+            total = float(line.split()[1])
+    return buckets, count, total
+
+
+def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
+    """Prometheus' histogram_quantile over the increase between two scrapes (seconds)."""
+    bounds = sorted(after)
+    inc = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not inc or inc[-1] <= 0:
+        return float("nan")
+    rank, lower, prev = q * inc[-1], 0.0, 0.0
+    for b, c in zip(bounds, inc, strict=True):
+        if c >= rank:
+            if math.isinf(b):
+                return lower
+            return lower + (b - lower) * (rank - prev) / max(c - prev, 1e-12)
+        lower, prev = b, c
+    return lower
+
+
+def pct(xs: list[float], q: int) -> float:
+    if len(xs) < 2:
+        return xs[0] * 1000 if xs else float("nan")
+    return statistics.quantiles(xs, n=100)[q - 1] * 1000
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+class Simulation:
+    def __init__(
+        self, cfg: SimConfig, on_tick: Callable[[Tick], None] | None = None, say: Callable[[str], None] = print
+    ):
+        self.cfg = cfg
+        self.on_tick = on_tick
+        self.say = say
+        self.regions, self.rtt = region_ids(cfg.regions, cfg.rtt_csv)
+        self.base = [r.rsplit("-s", 1)[0] if r.rsplit("-s", 1)[-1].isdigit() else r for r in self.regions]
+        self.faults = sorted((parse_fault(f, self.regions) for f in cfg.faults), key=lambda f: f.at_s)
+        self.nodes = [SimNode(i, i // cfg.nodes_per_region) for i in range(cfg.regions * cfg.nodes_per_region)]
+        self.dark: dict[int, float] = {}  # region index -> when it went dark
+        self.lossy: dict[tuple[int, int], float] = {}  # region pair -> when it began losing
+        self.fault_version = 0
+        self.fault_times: dict[str, float] = {}  # fault -> wall time it began
+        self.drains: dict[str, float] = {}  # region -> time of its first drain event after its fault
+        self.latencies: list[float] = []
+        self.lags: list[float] = []
+        self.codes: dict[int, int] = {}
+        self.route_lat: list[float] = []
+        self.route_errors = 0
+        self.send_errors = 0
+        self.rng = random.Random(18)
+        self.sent = round(PROBES_PER_S * cfg.window_s)  # probes per target per window
+        self.backlog = 0
+        self.offered = 0  # windows the fleet closed (a dark node closes none)
+
+    # peers: k nodes of each other region, spread so every node is probed about as often
+    def assign_peers(self) -> None:
+        m, k = self.cfg.nodes_per_region, min(self.cfg.k, self.cfg.nodes_per_region)
+        for n in self.nodes:
+            for r in range(self.cfg.regions):
+                if r == n.region:
+                    continue
+                for j in range(k):
+                    peer = self.nodes[r * m + (n.index + j) % m]
+                    rtt = self.rtt(n.region, r) * (1 + self.rng.random() * 0.02)
+                    n.peers.append((peer.node_id, r, rtt))
+                    n.parts.append(peer_json(peer.node_id, rtt, self.sent, 0.0, 0.2 + self.rng.random() * 0.3))
+
+    def body(self, n: SimNode, due: float) -> bytes:
+        """The window that closed at `due`: a fault that began within it shows in part of its probes."""
+        w = self.cfg.window_s
+        straddles = any(due - w < began < due for began in (*self.dark.values(), *self.lossy.values()))
+        if n.body_version != self.fault_version or straddles:  # only the entries about faulty regions change
+            parts = n.parts
+            if self.dark or self.lossy:
+                parts = list(parts)
+                for i, (pid, r, rtt) in enumerate(n.peers):
+                    loss = 0.0
+                    if r in self.dark:
+                        loss = 100.0 * min(1.0, max(0.0, (due - self.dark[r]) / w))
+                    lossy = self.lossy.get((n.region, r), self.lossy.get((r, n.region)))
+                    if lossy is not None:
+                        loss = max(loss, self.cfg.lossy_percent * min(1.0, max(0.0, (due - lossy) / w)))
+                    if loss:
+                        parts[i] = peer_json(pid, rtt, self.sent, loss, 0.5)
+            peers_json = ("[" + ",".join(parts) + "]").encode()
+            if not straddles:
+                n.peers_json, n.body_version = peers_json, self.fault_version
+        else:
+            peers_json = n.peers_json
+        start = datetime.fromtimestamp(due - w, UTC).isoformat()
+        head = json.dumps({"node_id": n.node_id, "seq": n.seq, "window_start": start, "window_s": w})
+        return head[:-1].encode() + b', "peers": ' + peers_json + b"}"
+
+    def request(self, n: SimNode, body: bytes) -> bytes:
+        head = (
+            f"POST /v1/reports HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {n.token}\r\n"
+            f"X-Mesh-Sent-At: {time.time():.3f}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        return head.encode() + body
+
+    async def join(self, c: AsyncClient) -> float:
+        m = self.cfg.nodes_per_region
+        sem = asyncio.Semaphore(8)
+
+        async def put(i: int, rid: str) -> None:
+            info = lookup(self.base[i])
+            lat, lon = (info.lat, info.lon) if info else ((i * 37) % 150 - 75.0, (i * 71) % 360 - 180.0)
+            async with sem:
+                await c.put_region(rid, lat=lat, lon=lon)
+
+        await asyncio.gather(*(put(i, r) for i, r in enumerate(self.regions)))
+        tokens = await asyncio.gather(*(c.create_join_token(r, ttl_s=3600, uses=m) for r in self.regions))
+        t0 = time.monotonic()
+        interval = 1.0 / self.cfg.join_rate if self.cfg.join_rate > 0 else 0.0
+
+        done = [0]
+
+        async def one(n: SimNode) -> None:
+            if interval:
+                await asyncio.sleep(max(0.0, t0 + n.index * interval - time.monotonic()))
+            async with sem:
+                joined = await c.join_node(
+                    join_token=str(tokens[n.region].token),
+                    region=self.regions[n.region],
+                    name=f"sim-{n.index}",
+                    public_key=base64.b64encode(n.index.to_bytes(32, "big")).decode(),
+                    endpoint=f"192.0.2.{n.index % 250 + 1}:51820",
+                )
+            n.node_id, n.token = joined.node_id, joined.node_token
+            done[0] += 1
+            if done[0] % max(1, len(self.nodes) // 5) == 0 and done[0] < len(self.nodes):
+                self.say(f"joined {done[0]}/{len(self.nodes)} ({done[0] / (time.monotonic() - t0):.0f}/s)")
+
+        await asyncio.gather(*(one(n) for n in self.nodes))
+        return time.monotonic() - t0
+
+    async def metrics_text(self, ctl: Controller) -> str:
+        import httpx
+
+        async with httpx.AsyncClient(base_url=ctl.url, headers={"Authorization": f"Bearer {ctl.token}"}) as h:
+            return (await h.get("/metrics", timeout=30)).text
+
+    async def healthz_rate(self) -> float:
+        req = f"GET /healthz HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
+        left = [HEALTHZ_BURST]
+
+        async def worker() -> None:
+            conn = RawConn(self.host, self.port)
+            while left[0] > 0:
+                left[0] -= 1
+                await conn.send(req)
+            conn.close()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(16)))
+        return HEALTHZ_BURST / (time.perf_counter() - t0)
+
+    async def sender(self, queue: asyncio.Queue[tuple[SimNode, float] | None]) -> None:
+        conn = RawConn(self.host, self.port)
+        while (item := await queue.get()) is not None:
+            n, due = item
+            req = self.request(n, self.body(n, due))
+            self.lags.append(max(0.0, time.time() - due))
+            while True:  # as the agent: a window is retried until the controller answers
+                t0 = time.perf_counter()
+                try:
+                    code = await conn.send(req)
+                except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+                    self.send_errors += 1
+                    await asyncio.sleep(0.5)
+                    continue
+                self.latencies.append(time.perf_counter() - t0)
+                self.codes[code] = self.codes.get(code, 0) + 1
+                if code in (202, 409) or (code < 500 and code not in (408, 429)):
+                    break
+                await asyncio.sleep(0.5)
+            if code == 202:
+                n.acked += 1
+            n.seq += 1
+        conn.close()
+
+    async def drained(self, queue: asyncio.Queue[Any]) -> None:
+        while not queue.empty():
+            await asyncio.sleep(0.1)
+
+    async def node_clock(self, n: SimNode, t0: float, end: float, queue: asyncio.Queue[Any]) -> None:
+        """One window every window_s, phases spread over the window across the fleet."""
+        w = self.cfg.window_s
+        due = t0 + w * (1 + n.index / len(self.nodes))
+        while due < end:
+            await asyncio.sleep(max(0.0, due - time.time()))
+            if n.region not in self.dark:
+                self.offered += 1
+                await queue.put((n, due))
+            due += w
+
+    async def fault_clock(self, t0: float) -> None:
+        for f in self.faults:
+            await asyncio.sleep(max(0.0, t0 + f.at_s - time.time()))
+            idx = [self.regions.index(r) for r in f.regions]
+            if f.kind == "dark":
+                self.dark.setdefault(idx[0], time.time())
+            else:
+                self.lossy.setdefault((idx[0], idx[1]), time.time())
+            self.fault_version += 1
+            self.fault_times[f.describe()] = time.time()
+            self.say(f"fault: {f.describe()}")
+
+    async def watch_events(self, c: AsyncClient, since: int) -> None:
+        while True:
+            try:
+                events = await c.events(since=since, limit=500, wait=2.0)
+            except Exception:
+                await asyncio.sleep(1)
+                continue
+            for e in events:
+                since = max(since, e.id)
+                if e.kind == "drain" and e.region and e.region not in self.drains:
+                    self.drains[e.region] = e.ts.timestamp()
+
+    async def query_routes(self, c: AsyncClient) -> None:
+        if self.cfg.route_qps <= 0 or len(self.regions) < 2:
+            return
+        interval = 1.0 / self.cfg.route_qps
+        nxt = time.monotonic()
+        while True:
+            nxt += interval
+            await asyncio.sleep(max(0.0, nxt - time.monotonic()))
+            a, b = self.rng.sample(self.regions, 2)
+            t0 = time.perf_counter()
+            try:
+                await c.fetch_route(a, b)
+                self.route_lat.append(time.perf_counter() - t0)
+            except Exception:
+                self.route_errors += 1
+
+    async def run(self, ctl: Controller) -> dict[str, Any]:
+        cfg = self.cfg
+        self.host, port = ctl.url.removeprefix("http://").split(":")
+        self.port = int(port)
+        async with AsyncClient(ctl.url, ctl.token, timeout=30.0) as c:
+            join_s = await self.join(c)
+            self.assign_peers()
+            self.say(f"joined {len(self.nodes)} nodes in {join_s:.1f} s ({len(self.nodes) / join_s:.0f} joins/s)")
+            hz_cpu0 = proc_cpu_seconds(ctl.pid)
+            healthz = await self.healthz_rate()
+            healthz_cpu_ms = 1000 * (proc_cpu_seconds(ctl.pid) - hz_cpu0) / HEALTHZ_BURST
+            self.say(f"GET /healthz: {healthz:.0f} req/s ({HEALTHZ_BURST} requests, 16 connections)")
+            newest = await c.events(limit=1)
+            bg = [asyncio.create_task(self.watch_events(c, newest[-1].id if newest else 0))]
+            buckets0, ticks0, sum0 = recompute_histogram(await self.metrics_text(ctl))
+            db0 = db_bytes(ctl.database_url)
+            queue: asyncio.Queue[tuple[SimNode, float] | None] = asyncio.Queue()
+            senders = [asyncio.create_task(self.sender(queue)) for _ in range(cfg.connections)]
+            cpu0, wall0, own0 = proc_cpu_seconds(ctl.pid), time.time(), time.process_time()
+            end = wall0 + cfg.duration_s
+            clocks = [asyncio.create_task(self.node_clock(n, wall0, end, queue)) for n in self.nodes]
+            bg += [asyncio.create_task(self.fault_clock(wall0)), asyncio.create_task(self.query_routes(c))]
+            await self.live(ctl, wall0, end)
+            await asyncio.gather(*clocks)
+            # what the controller has not taken within two windows of the end stays in the agents'
+            # spools (not lost, not acknowledged): counted as the backlog
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.drained(queue), 2 * cfg.window_s)
+            while not queue.empty():
+                queue.get_nowait()
+                self.backlog += 1
+            for _ in senders:
+                await queue.put(None)
+            await asyncio.gather(*senders)
+            elapsed = time.time() - wall0
+            cpu = proc_cpu_seconds(ctl.pid) - cpu0
+            own = time.process_time() - own0
+            rss, rss_peak = proc_mib(ctl.pid), proc_mib(ctl.pid, "VmHWM")
+            await asyncio.sleep(0.5)
+            buckets1, ticks1, sum1 = recompute_histogram(await self.metrics_text(ctl))
+            for t in bg:
+                t.cancel()
+            accepted = {n.id: n.reports_accepted or 0 for n in await c.nodes()}
+        db1 = db_bytes(ctl.database_url)
+        acked = sum(n.acked for n in self.nodes)
+        lost = sum(max(0, n.acked - accepted.get(n.node_id, 0)) for n in self.nodes)
+        stored = stored_reports(ctl.database_url)
+        ticks = ticks1 - ticks0
+        outage = {}
+        for f in self.faults:
+            if f.kind == "dark":
+                r = f.regions[0]
+                began = self.fault_times.get(f.describe())
+                outage[r] = round(self.drains[r] - began, 2) if began and r in self.drains else None
+        peers = len(self.nodes[0].peers) if self.nodes else 0
+        ncpu = os.cpu_count() or 1
+        rate = acked / elapsed
+        return {
+            "regions": cfg.regions,
+            "nodes": len(self.nodes),
+            "k": cfg.k,
+            "window_s": cfg.window_s,
+            "duration_s": round(elapsed, 1),
+            "database": "sqlite" if ctl.database_url.startswith("sqlite") else "postgresql",
+            "peers_per_report": peers,
+            "report_kib": round(len(self.body(self.nodes[0], time.time())) / 1024, 1),
+            "joins_per_s": round(len(self.nodes) / join_s, 1),
+            "join_s": round(join_s, 2),
+            "healthz_per_s": round(healthz),
+            "offered_reports_per_s": round(self.offered / elapsed, 1),
+            "offered": self.offered,
+            "reports_per_s": round(rate, 1),
+            "ratio_reports_healthz": round(rate / healthz, 3),
+            # offered load below capacity makes the ratio above a floor; the controller's CPU per
+            # request (everything it did during the run, recompute included, per acknowledged report)
+            # against its CPU per GET /healthz is a ratio that does not depend on the offered load
+            "healthz_cpu_ms": round(healthz_cpu_ms, 3),
+            "report_cpu_ms": round(1000 * cpu / acked, 3) if acked else None,
+            "ratio_cpu_healthz_report": round(healthz_cpu_ms * acked / (1000 * cpu), 3) if acked and cpu else None,
+            "acknowledged": acked,
+            "stored": stored,
+            "lost": lost,
+            "backlog": self.backlog,
+            "codes": {str(k): v for k, v in sorted(self.codes.items())},
+            "send_errors": self.send_errors,
+            "report_p50_ms": round(pct(self.latencies, 50), 1),
+            "report_p99_ms": round(pct(self.latencies, 99), 1),
+            "sim_lag_p99_ms": round(pct(self.lags, 99), 1),
+            "recompute_ticks": int(ticks),
+            "recompute_ms_p50": round(1000 * histogram_quantile(0.5, buckets0, buckets1), 1),
+            "recompute_ms_mean": round(1000 * (sum1 - sum0) / ticks, 1) if ticks else None,
+            "controller_cpu_percent": round(100 * cpu / elapsed / ncpu, 1),
+            "controller_cpu_cores": round(cpu / elapsed, 2),
+            "cpus": ncpu,
+            "controller_rss_mib": round(rss),
+            "controller_rss_peak_mib": round(rss_peak),
+            "sim_cpu_percent": round(100 * own / elapsed, 1),
+            "outage_to_drain_s": outage,
+            "drained": sorted(self.drains),
+            "route_queries": len(self.route_lat),
+            "route_errors": self.route_errors,
+            "route_p99_ms": round(pct(self.route_lat, 99), 1),
+            "db_bytes_start": db0,
+            "db_bytes_end": db1,
+            "db_mib_per_hour": round((db1 - db0) / elapsed * 3600 / 2**20, 1),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        }
+
+    async def live(self, ctl: Controller, t0: float, end: float) -> None:
+        """Every window until the end: a Tick for the live view."""
+        last_n, last_cpu, last_t = 0, proc_cpu_seconds(ctl.pid), time.time()
+        while (now := time.time()) < end:
+            await asyncio.sleep(min(self.cfg.window_s, end - now))
+            now, cpu = time.time(), proc_cpu_seconds(ctl.pid)
+            lat = self.latencies[last_n:]
+            acked = sum(n.acked for n in self.nodes)
+            if self.on_tick is not None:
+                self.on_tick(
+                    Tick(
+                        t_s=now - t0,
+                        reports_per_s=len(lat) / (now - last_t),
+                        report_p99_ms=pct(lat, 99),
+                        controller_cpu_percent=100 * (cpu - last_cpu) / (now - last_t) / (os.cpu_count() or 1),
+                        acknowledged=acked,
+                        drained=sorted(self.drains),
+                        faults=list(self.fault_times),
+                    )
+                )
+            last_n, last_cpu, last_t = len(self.latencies), cpu, now
+
+
+def simulate(
+    cfg: SimConfig, on_tick: Callable[[Tick], None] | None = None, say: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Start a controller, run the fleet against it for `cfg.duration_s`, stop it; the measurements."""
+    sim = Simulation(cfg, on_tick, say)  # parses the faults before anything starts
+    workdir = Path(tempfile.mkdtemp(prefix="meshsim-"))
+    ctl = start_controller(cfg.database_url, workdir, cfg.controller_env)
+    say(f"controller pid {ctl.pid} at {ctl.url}, database {ctl.database_url}, log {ctl.log}")
+    try:
+        result = asyncio.run(sim.run(ctl))
+    finally:
+        ctl.stop()
+    shutil.rmtree(workdir, ignore_errors=True)  # kept (with the controller's log) when the run failed
+    return result
+
+
+def summary(r: dict[str, Any]) -> list[str]:
+    """The run in words, one figure per line, with the issue's targets beside them."""
+    saturated = r["reports_per_s"] >= 0.95 * r["offered_reports_per_s"]
+    drains = ", ".join(f"{k} {v} s" if v is not None else f"{k} not drained" for k, v in r["outage_to_drain_s"].items())
+    return [
+        f"fleet: {r['regions']} regions x {r['nodes'] // max(1, r['regions'])} nodes = {r['nodes']} nodes, k={r['k']},"
+        f" {r['peers_per_report']} peers/report ({r['report_kib']} KiB), {r['window_s']:g} s windows, {r['database']}",
+        f"joins: {r['joins_per_s']}/s ({r['nodes']} in {r['join_s']} s; target >= 200/s)",
+        f"GET /healthz on the same server: {r['healthz_per_s']} req/s",
+        f"reports accepted: {r['reports_per_s']}/s of {r['offered_reports_per_s']}/s offered;"
+        f" ratio to /healthz {r['ratio_reports_healthz']} (target >= 0.5"
+        + ("; the controller took all it was offered, so this is a floor, not its capacity)" if saturated else ")"),
+        f"controller CPU per request: GET /healthz {r['healthz_cpu_ms']} ms, report {r['report_cpu_ms']} ms"
+        f" (everything during the run per acknowledged report): ratio {r['ratio_cpu_healthz_report']}",
+        f"report latency: p50 {r['report_p50_ms']} ms, p99 {r['report_p99_ms']} ms (target < 100);"
+        f" simulator lag p99 {r['sim_lag_p99_ms']} ms, its CPU {r['sim_cpu_percent']}% of one core",
+        f"recompute per tick: p50 {r['recompute_ms_p50']} ms, mean {r['recompute_ms_mean']} ms over"
+        f" {r['recompute_ticks']} ticks (target < 100)",
+        f"controller: CPU {r['controller_cpu_percent']}% of {r['cpus']} cores ({r['controller_cpu_cores']} cores;"
+        f" target < 70%), RSS {r['controller_rss_mib']} MiB (peak {r['controller_rss_peak_mib']})",
+        f"route queries: {r['route_queries']}, p99 {r['route_p99_ms']} ms (target < 20), {r['route_errors']} failed",
+        f"outage-to-drain: {drains or 'no dark fault'}",
+        f"database: {r['db_bytes_start'] / 2**20:.1f} -> {r['db_bytes_end'] / 2**20:.1f} MiB,"
+        f" {r['db_mib_per_hour']} MiB/hour at this rate",
+        f"acknowledged {r['acknowledged']}, stored {r['stored']}, lost {r['lost']} (must be 0); not yet sent at the"
+        f" end (the agents' spools): {r['backlog']}; codes {r['codes']},"
+        f" {r['send_errors']} connection errors",
+        f"load average (1 min) at the end: {r['loadavg_1m']}",
+    ]

@@ -1,0 +1,72 @@
+"""The scale simulator (issue 18), briefly and small: what a person running it would check.
+
+A real controller process, 3 regions x 2 synthetic agents speaking the real report format, 1 s
+windows, one region dark after 2 s: every acknowledged report is stored, the dark region is
+drained (the controller's own `drain` event), and the JSON line has the figures the issue names.
+Not a timing test: no figure is compared with a target.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshctl.lab.simulate import RTT_CSV, SimError, parse_fault, region_ids
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = {
+    "reports_per_s",
+    "lost",
+    "report_p99_ms",
+    "recompute_ms_p50",
+    "controller_cpu_percent",
+    "controller_rss_mib",
+    "outage_to_drain_s",
+    "route_p99_ms",
+    "db_mib_per_hour",
+    "healthz_per_s",
+    "ratio_reports_healthz",
+    "joins_per_s",
+}
+
+
+def test_fault_names_a_region_by_id_or_index() -> None:
+    regions, rtt = region_ids(3, RTT_CSV)
+    assert parse_fault("dark:1@5", regions).regions == (regions[1],)
+    lossy = parse_fault(f"lossy:{regions[0]}/{regions[2]}@7.5", regions)
+    assert (lossy.kind, lossy.regions, lossy.at_s) == ("lossy", (regions[0], regions[2]), 7.5)
+    assert rtt(0, 1) > 0
+    with pytest.raises(SimError, match="no region"):
+        parse_fault("dark:aws:nowhere-9@5", regions)
+
+
+def test_regions_past_the_table_are_copies_with_their_own_ids() -> None:
+    regions, rtt = region_ids(150, RTT_CSV)
+    assert len(set(regions)) == 150
+    assert rtt(0, 69) == 2.0  # region 69 is a copy of region 0
+
+
+@pytest.mark.slow
+def test_small_fleet_nothing_lost_and_the_dark_region_drained() -> None:
+    fleet = ["--regions", "3", "--nodes-per-region", "2", "--duration", "12", "--window", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.bench_scale", *fleet, "--route-qps", "5", "--fault", "dark:1@2", "-o", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result) >= KEYS
+    assert result["acknowledged"] > 0 and result["reports_per_s"] > 0
+    assert result["lost"] == 0
+    assert result["stored"] == result["acknowledged"]
+    dark = region_ids(3, RTT_CSV)[0][1]
+    assert dark in result["drained"]
+    assert result["outage_to_drain_s"][dark] is not None and result["outage_to_drain_s"][dark] > 0
+    assert result["route_queries"] > 0
