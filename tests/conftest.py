@@ -168,7 +168,12 @@ class ControllerProcess:
         raise RuntimeError(f"controller did not start in {timeout}s:\n{self.log()}")
 
     def start(self, timeout: float = 30.0) -> ControllerProcess:
-        return self.spawn().wait_ready(timeout)
+        self.spawn()
+        try:
+            return self.wait_ready(timeout)
+        except BaseException:
+            self.kill()  # a controller that did not come up is not left running
+            raise
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
