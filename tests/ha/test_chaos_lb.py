@@ -269,8 +269,11 @@ def test_chaos_through_haproxy(
     # 1. SIGKILL the leader; start it again (alike) once another leads
     victim = first()
     phases.append(("SIGKILL", time.time()))
+    last_epoch = max((e for e, _, _, _ in list(pubs.rows.values())), default=0)
     victim.kill()
     wait_until(lambda: leader([r for r in replicas if r is not victim]), 15, "takeover after SIGKILL")
+    # the new leader publishes (routes flip every 2 s) before the next step pauses it
+    wait_until(lambda: any(e > last_epoch for e, _, _, _ in list(pubs.rows.values())), 15, "the new leader's table")
     victim.start(60)
     say(f"SIGKILLed leader {victim.log_path.stem}; another took over; it came back")
 
