@@ -44,7 +44,12 @@ def sign_in(driver: Any, mesh: ControllerProcess, secret: str) -> None:
     driver.get(f"{mesh.url}/ui/")
     driver.execute_script("sessionStorage.clear()")  # signed out: a fresh tab
     driver.refresh()
-    box = driver.find_element(By.ID, "token")
+
+    def sign_in_box(d: Any) -> Any:
+        box = d.find_element(By.ID, "token")
+        return box if box.is_displayed() and box.is_enabled() else None
+
+    box = wait(driver, sign_in_box, "the sign-in box")  # the reloaded page shows it once its script ran
     box.clear()
     box.send_keys(secret)
     driver.find_element(By.ID, "signin-button").click()
