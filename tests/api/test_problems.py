@@ -115,6 +115,8 @@ def test_unset_and_empty_filters(controller: ControllerProcess) -> None:
     """Values the schema allows are accepted: `since=` (empty) reads from the start."""
     controller.add_region("aws:us-east-1")
     with controller.client() as c:
+        # the controller's own `leader` event comes once it leads: before the reads, not between them
+        controller.wait_for(lambda: c.get("/v1/events", params={"kind": "leader"}).json(), what="the leader event")
         c.post("/v1/regions/aws:us-east-1/drain", json={"reason": "x"}).raise_for_status()
         everything = c.get("/v1/events").json()
         assert everything and c.get("/v1/events", params={"since": ""}).json() == everything
