@@ -14,9 +14,9 @@ import httpx
 from tests.conftest import ControllerProcess, free_port
 
 
-def start_controller(tmp: Path, **env: str) -> ControllerProcess:
+def start_controller(tmp: Path, timeout: float = 30.0, **env: str) -> ControllerProcess:
     proc = ControllerProcess(f"sqlite:///{tmp / 'bench.db'}", tmp, env={"MESH_RECOMPUTE_INTERVAL_S": "1", **env})
-    return proc.start()
+    return proc.start(timeout)
 
 
 def start_bare(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:

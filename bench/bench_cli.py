@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._server import tmpdir
+from bench._server import start_controller, tmpdir
 from meshctl.core.rttdata import parse_skyplane_csv
 from tests.conftest import ControllerProcess
 
@@ -50,12 +50,6 @@ def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     return wall, usage.ru_utime + usage.ru_stime, proc.returncode
 
 
-def start_controller() -> ControllerProcess:
-    tmp = tmpdir()
-    env = {"MESH_RECOMPUTE_INTERVAL_S": "1"}
-    return ControllerProcess(f"sqlite:///{tmp / 'bench.db'}", tmp, env=env).start(timeout=120)
-
-
 def main() -> None:
     os.environ.setdefault("MESH_TEST_NO_ZYGOTE", "1")  # a plain `meshctl serve` process, as deployed
     ap = argparse.ArgumentParser()
@@ -68,7 +62,8 @@ def main() -> None:
         rtt = parse_skyplane_csv(f.read())
     regions = sorted({a for a, _ in rtt})[: args.regions]
     links = {(a, b): v for (a, b), v in rtt.items() if a in regions and b in regions}
-    ctl = start_controller() if args.attach is None else ControllerProcess("", tmpdir(), port=args.attach)
+    attached = args.attach is not None
+    ctl = ControllerProcess("", tmpdir(), port=args.attach) if attached else start_controller(tmpdir(), timeout=120)
     try:
         ctl.feed_links(links)
         src, dst = regions[0], regions[-1]

@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from bench._server import tmpdir
+from bench._server import start_controller, tmpdir
 from tests.conftest import ControllerProcess
 from tests.ui.conftest import CHROMEDRIVER, CHROMIUM, FLAGS, token
 
@@ -197,12 +197,6 @@ def metrics_cost(ctl: ControllerProcess) -> None:
     )
 
 
-def start_controller() -> ControllerProcess:
-    tmp = tmpdir()
-    env = {"MESH_RECOMPUTE_INTERVAL_S": "1"}
-    return ControllerProcess(f"sqlite:///{tmp / 'bench.db'}", tmp, env=env).start(timeout=120)
-
-
 def main() -> None:
     os.environ.setdefault("MESH_TEST_NO_ZYGOTE", "1")  # a plain `meshctl serve` process, as deployed
     ap = argparse.ArgumentParser()
@@ -213,7 +207,7 @@ def main() -> None:
     regions = synthetic_regions(args.regions)
     rtts = {(a, b): great_circle_rtt(pa, pb) for a, pa in regions.items() for b, pb in regions.items() if a != b}
     pairs = len(rtts)
-    ctl = start_controller()
+    ctl = start_controller(tmpdir(), timeout=120)
     driver = None
     feeder = Feeder(ctl, rtts)
     try:

@@ -95,18 +95,38 @@ class ImdsServer:
             self.server.server_close()
 
 
-@pytest.fixture
-def lab_mesh(tmp_path: Path) -> Iterator[tuple[ControllerProcess, list[FakeImds], list[Path]]]:
+def attested_lab(
+    tmp_path: Path, prefix: str, net: str, **env: str
+) -> tuple[Lab, ControllerProcess, AwsSigner, GcpSigner]:
+    """A lab (down, not yet up) and a controller on its host side that trusts a fresh AWS and GCP
+    signer (`write_trust_dir`); `env`: more of the controller's MESH_* settings."""
     if os.geteuid() != 0 or shutil.which("wireguard-go") is None:
         pytest.fail("lab tests need root and wireguard-go (apt-get install wireguard-go wireguard-tools)")
     aws, gcp = AwsSigner("us-east-1"), GcpSigner()
     trust = write_trust_dir(tmp_path / "trust", aws=[aws], gcp=gcp)
-    lab = Lab(prefix=f"at{os.getpid() % 100000}", net="10.215")
+    lab = Lab(prefix=f"{prefix}{os.getpid() % 100000}", net=net)
     lab.down()
     port = free_port()
-    url = f"http://{lab.host_ip}:{port}"
-    env = {"MESH_ATTEST_TRUST_DIR": str(trust), "MESH_PUBLIC_URL": url, "MESH_STALE_AFTER_S": "5"}
+    env = {"MESH_ATTEST_TRUST_DIR": str(trust), "MESH_PUBLIC_URL": f"http://{lab.host_ip}:{port}", **env}
     ctl = ControllerProcess(f"sqlite:///{tmp_path / 'c.db'}", tmp_path, host=lab.host_ip, port=port, env=env)
+    return lab, ctl, aws, gcp
+
+
+def allow_signers(ctl: ControllerProcess, prefix: str, aws_region: str) -> None:
+    """Join policies for the signers' AWS account (us-east-1 -> `aws_region`) and GCP project."""
+    with ctl.client() as c:
+        for policy in (
+            {"id": f"{prefix}-aws", "cloud": "aws", "accounts": ["111122223333"], "regions": {"us-east-1": aws_region}},
+            {"id": f"{prefix}-gcp", "cloud": "gcp", "accounts": ["mesh-prod"], "any_region": True},
+        ):
+            r = c.post("/v1/join-policies", json=policy)
+            assert r.status_code == 201, r.text
+
+
+@pytest.fixture
+def lab_mesh(tmp_path: Path) -> Iterator[tuple[ControllerProcess, list[FakeImds], list[Path]]]:
+    lab, ctl, aws, gcp = attested_lab(tmp_path, "at", "10.215", MESH_STALE_AFTER_S="5")
+    url = ctl.url
     servers: list[ImdsServer] = []
     agents: list[subprocess.Popen[bytes]] = []
     states = [tmp_path / f"node{i}" for i in range(len(NODES))]
@@ -114,15 +134,9 @@ def lab_mesh(tmp_path: Path) -> Iterator[tuple[ControllerProcess, list[FakeImds]
     try:
         lab.up(len(NODES))
         ctl.start()
-        with ctl.client() as c:
-            for _, region in NODES:
-                ctl.add_region(region)
-            for policy in (
-                {"id": "lab-aws", "cloud": "aws", "accounts": ["111122223333"], "regions": {"us-east-1": NODES[0][1]}},
-                {"id": "lab-gcp", "cloud": "gcp", "accounts": ["mesh-prod"], "any_region": True},
-            ):
-                r = c.post("/v1/join-policies", json=policy)
-                assert r.status_code == 201, r.text
+        for _, region in NODES:
+            ctl.add_region(region)
+        allow_signers(ctl, "lab", NODES[0][1])
         for i, ((_, region), imds) in enumerate(zip(NODES, imdses, strict=True)):
             servers.append(ImdsServer(lab.node_ns(i), imds).start())
             argv = lab.agent_argv(

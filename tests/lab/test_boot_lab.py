@@ -51,10 +51,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshctl.attest.testing import AwsSigner, GcpSigner, write_trust_dir
 from meshctl.lab.netns import Lab, leftovers, sh
-from tests.conftest import ControllerProcess, free_port
-from tests.lab.test_attested_join_lab import ImdsServer
+from tests.conftest import ControllerProcess
+from tests.lab.test_attested_join_lab import ImdsServer, allow_signers, attested_lab
 from tests.probes.fake_imds import FakeImds
 from tests.stacks.artifacts import Artifacts, build_agent_artifacts, sha256
 from tests.stacks.conftest import run_program, stack_config, user_data_docs
@@ -233,16 +232,7 @@ class BootLab:
 
 @pytest.fixture
 def boot_lab(tmp_path: Path, artifacts: Artifacts) -> Iterator[BootLab]:
-    if os.geteuid() != 0 or shutil.which("wireguard-go") is None:
-        pytest.fail("lab tests need root and wireguard-go (apt-get install wireguard-go wireguard-tools)")
-    aws, gcp = AwsSigner("us-east-1"), GcpSigner()
-    trust = write_trust_dir(tmp_path / "trust", aws=[aws], gcp=gcp)
-    lab = Lab(prefix=f"bt{os.getpid() % 100000}", net="10.223")
-    lab.down()
-    port = free_port()
-    url = f"http://{lab.host_ip}:{port}"
-    env = {"MESH_ATTEST_TRUST_DIR": str(trust), "MESH_PUBLIC_URL": url}
-    ctl = ControllerProcess(f"sqlite:///{tmp_path / 'c.db'}", tmp_path, host=lab.host_ip, port=port, env=env)
+    lab, ctl, aws, gcp = attested_lab(tmp_path, "bt", "10.223")
     bucket = tmp_path / "bucket" / "agent" / "0.1.0"
     bucket.mkdir(parents=True)
     for f in (artifacts.wheel, artifacts.wheelhouse):
@@ -257,13 +247,7 @@ def boot_lab(tmp_path: Path, artifacts: Artifacts) -> Iterator[BootLab]:
         ctl.start()
         for region in (REGION, PEER_REGION):
             ctl.add_region(region)
-        with ctl.client() as c:
-            for policy in (
-                {"id": "boot-aws", "cloud": "aws", "accounts": ["111122223333"], "regions": {"us-east-1": REGION}},
-                {"id": "boot-gcp", "cloud": "gcp", "accounts": ["mesh-prod"], "any_region": True},
-            ):
-                r = c.post("/v1/join-policies", json=policy)
-                assert r.status_code == 201, r.text
+        allow_signers(ctl, "boot", REGION)
         for i, imds in enumerate((t.imds, t.peer_imds)):
             t.imds_servers.append(ImdsServer(lab.node_ns(i), imds).start())
         yield t
