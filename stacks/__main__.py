@@ -11,11 +11,22 @@ import pulumi
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from meshstack import cloudinit, registry
-from meshstack.model import CONFIG_NAMESPACE, SHARED_OUTPUTS, StackConfigError, StackSettings, validate, with_shared
+from meshstack.model import (
+    CONFIG_NAMESPACE,
+    SHARED_OUTPUTS,
+    StackConfigError,
+    StackSettings,
+    pool_name,
+    validate,
+    with_shared,
+)
 
 
-def user_data(settings: StackSettings, region_id: str) -> str:
-    """One node's cloud-init. No secret in it: the node joins by its cloud identity (attested join)."""
+def user_data(settings: StackSettings, region_id: str, address_pool: str | None = None) -> str:
+    """One node's cloud-init. No secret in it: the node joins by its cloud identity (attested join).
+
+    `address_pool`: the pool whose free static address the node claims at boot (AWS Elastic IPs).
+    """
     assert settings.controller_url is not None
     return cloudinit.render(
         settings.controller_url,
@@ -24,6 +35,7 @@ def user_data(settings: StackSettings, region_id: str) -> str:
         settings.agent_wheel_sha256,
         wheelhouse_url=settings.agent_wheelhouse_url,
         wheelhouse_sha256=settings.agent_wheelhouse_sha256,
+        address_pool=address_pool,
     )
 
 
@@ -58,6 +70,11 @@ def main() -> None:
     settings = validate(raw, known)
     provider = registry.provider(settings.cloud)
     provider.check(settings)  # the cloud's own rules, still before any resource
+    if settings.network_stack is not None and provider.network is None:
+        raise StackConfigError(
+            f"{CONFIG_NAMESPACE}:mesh.networkStack: {settings.cloud} stacks make their networks themselves "
+            "(its module has no network step; stacks/README.md)"
+        )
     if settings.shared_stack is not None:
         assert isinstance(raw, dict)
         node_settings = from_shared_stack(raw, known, settings.shared_stack)
@@ -66,11 +83,13 @@ def main() -> None:
     shared = provider.shared(settings)
     pools = []
     for spec in settings.regions:
+        claims = provider.claims_addresses and settings.static_addresses
+        pool = pool_name(settings, spec.region) if claims else None
         component = provider.component(
             f"{settings.cloud}-{spec.region.split(':', 1)[1]}",
             settings,
             spec,
-            node_settings.apply(lambda s, region=spec.region: user_data(s, region)),
+            node_settings.apply(lambda s, region=spec.region, pool=pool: user_data(s, region, pool)),
             shared=shared,
         )
         pools.extend(component.pools)  # type: ignore[attr-defined]

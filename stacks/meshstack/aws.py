@@ -1,23 +1,29 @@
 """AWS: a VPC, subnets in two or more zones, a security group (WireGuard, media, SSH from admins
-only), instances on Canonical's current Ubuntu 24.04 image for their architecture, an Elastic IP each."""
+only), an autoscaling group of nodes on Canonical's current Ubuntu 24.04 image for their
+architecture, and (staticAddresses) a protected pool of Elastic IPs with an instance role that
+lets a booting node claim a free one of its own pool (`claim_address.py`, `claim_policy`)."""
 
 from __future__ import annotations
 
 import base64
+import json
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pulumi
 import pulumi_aws as aws
 
-from meshstack.base import CloudProvider
+from meshstack.base import CloudProvider, from_network_stack, network_outputs
 from meshstack.model import (
     CONFIG_NAMESPACE,
+    NetworkRegion,
+    NetworkSettings,
     RegionSpec,
     StackConfigError,
     StackSettings,
     firewall_rules,
-    node_name,
     pool_bounds,
     pool_name,
     tags,
@@ -25,7 +31,9 @@ from meshstack.model import (
 
 # Canonical's public SSM parameter: the current Ubuntu 24.04 LTS (Python 3.12) AMI id, per region
 UBUNTU_AMI_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/{arch}/hvm/ebs-gp3/ami-id"
-POOL_TAG = "meshctl-pool"  # on each Elastic IP of a region's address pool: the pool's name
+POOL_TAG = "meshctl-pool"  # on each Elastic IP of a region's address pool, and on its nodes: the pool's name
+USER_DATA_LIMIT = 16_384  # EC2 takes at most 16 KB of user data, before base64
+ROLE_PREFIX = 37  # IAM role names: 64 characters, of which Pulumi's name_prefix suffix takes 26 (and a '-')
 MIN_ZONES = 2
 MAX_ZONES = 3
 
@@ -88,12 +96,118 @@ def zones(region: str) -> list[str]:
     return names[:MAX_ZONES]
 
 
+def claim_policy(region: str, pool: str) -> dict[str, Any]:
+    """What a node of `pool` may do to claim its address: find the pool's addresses (DescribeAddresses
+    has no resource-level permissions: `*`, this region only) and associate one of them (tagged
+    `meshctl-pool=<pool>`) to an instance and network interface of the same pool (tagged so by the
+    launch template). AssociateAddress authorizes the address, the instance and the network
+    interface (Service Authorization Reference); each must carry the pool's tag."""
+    in_pool = {"StringEquals": {f"aws:ResourceTag/{POOL_TAG}": pool}}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "FindPoolAddresses",
+                "Effect": "Allow",
+                "Action": "ec2:DescribeAddresses",
+                "Resource": "*",
+                "Condition": {"StringEquals": {"aws:RequestedRegion": region}},
+            },
+            {
+                "Sid": "ClaimPoolAddress",
+                "Effect": "Allow",
+                "Action": "ec2:AssociateAddress",
+                "Resource": f"arn:aws:ec2:{region}:*:elastic-ip/*",
+                "Condition": in_pool,
+            },
+            {
+                "Sid": "OntoPoolNode",
+                "Effect": "Allow",
+                "Action": "ec2:AssociateAddress",
+                "Resource": [f"arn:aws:ec2:{region}:*:instance/*", f"arn:aws:ec2:{region}:*:network-interface/*"],
+                "Condition": in_pool,
+            },
+        ],
+    }
+
+
+EC2_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
+
+
+def _user_data(text: str) -> str:
+    if len(text.encode()) > USER_DATA_LIMIT:
+        raise ValueError(f"cloud-init is {len(text.encode())} bytes; EC2 takes at most {USER_DATA_LIMIT}")
+    return base64.b64encode(text.encode()).decode()
+
+
 def check(settings: StackSettings) -> None:
     if settings.image is not None:
         raise StackConfigError(
             f"{CONFIG_NAMESPACE}:mesh.image: AMI ids are regional; leave it unset (the current Ubuntu 24.04 "
             "AMI is looked up per region) or set regions[i].image"
         )
+
+
+@dataclass(frozen=True)
+class RegionNetwork:
+    """What a region's node pool runs in: made by its node stack, or read from a network stack."""
+
+    vpc_id: pulumi.Input[str]
+    subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]]
+    addresses: pulumi.Input[Sequence[pulumi.Input[str]]]  # the pool's Elastic IPs (public IPs)
+
+
+def region_network(
+    name: str, region_id: str, pool: str, addresses: int, parent: pulumi.Resource, provider: aws.Provider
+) -> RegionNetwork:
+    """A VPC with an internet gateway and a public subnet in each of 2-3 AZs, and a pool of `addresses`
+    Elastic IPs tagged `meshctl-pool=<pool>` (so a booting node can claim a free one). The VPC and the
+    addresses are protected (`pulumi state unprotect` to delete them)."""
+    region = region_id.split(":", 1)[1]
+    child = pulumi.ResourceOptions(parent=parent, provider=provider)
+    kept = pulumi.ResourceOptions(parent=parent, provider=provider, protect=True)
+    vpc = aws.ec2.Vpc(
+        f"{name}-vpc",
+        cidr_block="10.64.0.0/16",
+        enable_dns_hostnames=True,
+        region=region,
+        tags={"Name": f"{name}-vpc"},
+        opts=kept,
+    )
+    igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, region=region, opts=child)
+    rt = aws.ec2.RouteTable(
+        f"{name}-rt",
+        vpc_id=vpc.id,
+        region=region,
+        routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
+        opts=child,
+    )
+    subnets = []
+    for z, zone in enumerate(zones(region)):
+        subnet = aws.ec2.Subnet(
+            f"{name}-subnet-{zone}",
+            vpc_id=vpc.id,
+            cidr_block=f"10.64.{z + 1}.0/24",
+            availability_zone=zone,
+            map_public_ip_on_launch=True,
+            region=region,
+            tags={"Name": f"{name}-{zone}"},
+            opts=child,
+        )
+        aws.ec2.RouteTableAssociation(
+            f"{name}-rta-{zone}", subnet_id=subnet.id, route_table_id=rt.id, region=region, opts=child
+        )
+        subnets.append(subnet)
+    eips = [
+        aws.ec2.Eip(
+            f"{name}-eip-{i}", domain="vpc", region=region, tags={"Name": f"{pool}-{i}", POOL_TAG: pool}, opts=kept
+        )
+        for i in range(addresses)
+    ]
+    return RegionNetwork(vpc.id, [s.id for s in subnets], [e.public_ip for e in eips])
 
 
 class AwsMediaRegion(pulumi.ComponentResource):
@@ -122,47 +236,24 @@ class AwsMediaRegion(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         child = pulumi.ResourceOptions(parent=self, provider=provider)
-        azs = zones(region)
-        vpc = aws.ec2.Vpc(
-            f"{name}-vpc",
-            cidr_block="10.64.0.0/16",
-            enable_dns_hostnames=True,
-            region=region,
-            tags={"Name": f"{name}-vpc"},
-            opts=pulumi.ResourceOptions(
-                parent=self, provider=provider, protect=True
-            ),  # `pulumi state unprotect` to delete it
-        )
-        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, region=region, opts=child)
-        rt = aws.ec2.RouteTable(
-            f"{name}-rt",
-            vpc_id=vpc.id,
-            region=region,
-            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
-            opts=child,
-        )
-        subnets = []
-        for z, zone in enumerate(azs):
-            subnet = aws.ec2.Subnet(
-                f"{name}-subnet-{zone}",
-                vpc_id=vpc.id,
-                cidr_block=f"10.64.{z + 1}.0/24",
-                availability_zone=zone,
-                map_public_ip_on_launch=True,
-                region=region,
-                tags={"Name": f"{name}-{zone}"},
-                opts=child,
+        pool = pool_name(settings, spec.region)
+        low, high = pool_bounds(spec)
+        wanted = high if settings.static_addresses else 0  # one address per node the pool may grow to
+        if shared is not None:  # the environment's network stack owns the network and the address pool
+            stack = settings.network_stack
+            entry = shared.apply(lambda n: from_network_stack(n, spec.region, pool, str(stack), wanted))
+            network = RegionNetwork(
+                vpc_id=entry.apply(lambda e: str(e["vpcId"])),
+                subnet_ids=entry.apply(lambda e: list(e["subnetIds"])),
+                addresses=entry.apply(lambda e: list(e["addresses"])),
             )
-            aws.ec2.RouteTableAssociation(
-                f"{name}-rta-{zone}", subnet_id=subnet.id, route_table_id=rt.id, region=region, opts=child
-            )
-            subnets.append(subnet)
+        else:
+            network = region_network(name, spec.region, pool, wanted, self, provider)
         sg = aws.ec2.SecurityGroup(
-            f"{name}-sg", vpc_id=vpc.id, description="meshctl media node", region=region, opts=child
+            f"{name}-sg", vpc_id=network.vpc_id, description="meshctl media node", region=region, opts=child
         )
         for rule in firewall_rules(settings):
             for n, source in enumerate(rule.sources):
-                family = {"cidr_ipv6": source} if rule.family == 6 else {"cidr_ipv4": source}
                 aws.vpc.SecurityGroupIngressRule(
                     f"{name}-in-{rule.name}-{n}",
                     security_group_id=sg.id,
@@ -170,9 +261,10 @@ class AwsMediaRegion(pulumi.ComponentResource):
                     from_port=rule.from_port,
                     to_port=rule.to_port,
                     description=rule.description,
+                    cidr_ipv4=source if rule.family == 4 else None,
+                    cidr_ipv6=source if rule.family == 6 else None,
                     region=region,
                     opts=child,
-                    **family,
                 )
         aws.vpc.SecurityGroupEgressRule(
             f"{name}-out-v4",
@@ -184,14 +276,36 @@ class AwsMediaRegion(pulumi.ComponentResource):
         )
         instance_type = spec.instance_type or settings.instance_type
         ami: pulumi.Input[str] = spec.image or ami_for(region, instance_type)
-        pool = pool_name(settings, spec.region)
-        low, high = pool_bounds(spec)
+        profile = None
+        if settings.static_addresses:
+            # the nodes' role: claim a free address of this pool at boot, nothing else (IAM is global:
+            # no region; the provider still gives the tags)
+            role = aws.iam.Role(
+                f"{name}-node-role",
+                name_prefix=f"{pool[:ROLE_PREFIX]}-",
+                description=f"meshctl {pool}: a booting node claims a free Elastic IP of its pool",
+                assume_role_policy=json.dumps(EC2_TRUST),
+                opts=child,
+            )
+            aws.iam.RolePolicy(
+                f"{name}-claim-address",
+                name="meshctl-claim-address",
+                role=role.id,
+                policy=json.dumps(claim_policy(region, pool)),
+                opts=child,
+            )
+            profile = aws.iam.InstanceProfile(
+                f"{name}-node-profile", name_prefix=f"{pool[:ROLE_PREFIX]}-", role=role.id, opts=child
+            )
+        # the pool's tag on what it launches: the role's policy lets a node associate only onto those
+        node_tags = {**t, "Name": pool, **({POOL_TAG: pool} if settings.static_addresses else {})}
         template = aws.ec2.LaunchTemplate(
             f"{name}-lt",
             name_prefix=f"{pool}-",
             image_id=ami,
             instance_type=instance_type,
-            user_data=user_data.apply(lambda text: base64.b64encode(text.encode()).decode()),  # stays a secret
+            user_data=user_data.apply(_user_data),  # stays a secret
+            iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn) if profile else None,
             network_interfaces=[
                 aws.ec2.LaunchTemplateNetworkInterfaceArgs(
                     device_index=0,
@@ -204,7 +318,7 @@ class AwsMediaRegion(pulumi.ComponentResource):
                 http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
             ),
             tag_specifications=[
-                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags={**t, "Name": pool})
+                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=node_tags)
                 for kind in ("instance", "volume", "network-interface")
             ],
             update_default_version=True,
@@ -218,7 +332,7 @@ class AwsMediaRegion(pulumi.ComponentResource):
             min_size=low,
             max_size=high,
             desired_capacity=spec.nodes,
-            vpc_zone_identifiers=[s.id for s in subnets],  # the pool spans every subnet's AZ
+            vpc_zone_identifiers=network.subnet_ids,  # the pool spans every subnet's AZ
             health_check_type="EC2",
             health_check_grace_period=300,
             capacity_rebalance=spec.spot_percent > 0,  # replace a spot node before its interruption
@@ -249,19 +363,6 @@ class AwsMediaRegion(pulumi.ComponentResource):
             region=region,
             opts=child,
         )
-        addresses: list[pulumi.Output[str]] = []
-        if settings.static_addresses:
-            # a pool of Elastic IPs per region, one per node the pool may grow to; protected, and tagged
-            # so a booting node can claim a free one (README: "Static addresses")
-            for i in range(high):
-                eip = aws.ec2.Eip(
-                    f"{name}-eip-{i}",
-                    domain="vpc",
-                    region=region,
-                    tags={"Name": node_name(settings, spec.region, i), POOL_TAG: pool},
-                    opts=pulumi.ResourceOptions(parent=self, provider=provider, protect=True),
-                )
-                addresses.append(eip.public_ip)
         self.pools = [
             {
                 "region": spec.region,
@@ -270,10 +371,44 @@ class AwsMediaRegion(pulumi.ComponentResource):
                 "maxNodes": high,
                 "nodes": spec.nodes,
                 "spotPercent": spec.spot_percent,
-                "addresses": addresses,
+                "addresses": network.addresses,
             }
         ]
         self.register_outputs({"pools": self.pools})
 
 
-PROVIDER = CloudProvider(name="aws", regions=REGIONS, component=AwsMediaRegion, check=check)
+class AwsNetworkRegion(pulumi.ComponentResource):
+    """In a network stack: one region's network and address pool, named and tagged as the node
+    stack of the same mesh name and environment would name its own."""
+
+    def __init__(self, net: NetworkSettings, spec: NetworkRegion, opts: pulumi.ResourceOptions | None = None) -> None:
+        region = spec.region.split(":", 1)[1]
+        name = f"aws-{region}"
+        super().__init__("meshctl:aws:NetworkRegion", name, None, opts)
+        provider = aws.Provider(
+            f"{name}-aws",
+            region=region,
+            default_tags=aws.ProviderDefaultTagsArgs(tags=tags(net, spec.region)),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        pool = pool_name(net, spec.region)
+        made = region_network(name, spec.region, pool, spec.addresses, self, provider)
+        self.outputs = {"vpcId": made.vpc_id, "subnetIds": made.subnet_ids, "pool": pool, "addresses": made.addresses}
+        self.register_outputs(self.outputs)
+
+
+def network(net: NetworkSettings) -> dict[str, Any]:
+    """A network stack's `networks` output: region id -> vpcId, subnetIds, pool, addresses."""
+    kept = pulumi.ResourceOptions(protect=True)  # every resource of a network stack (children inherit it)
+    return {spec.region: AwsNetworkRegion(net, spec, kept).outputs for spec in net.regions}
+
+
+PROVIDER = CloudProvider(
+    name="aws",
+    regions=REGIONS,
+    component=AwsMediaRegion,
+    check=check,
+    shared=network_outputs,  # the network stack's networks and pools (mesh.networkStack), else None
+    claims_addresses=True,
+    network=network,
+)

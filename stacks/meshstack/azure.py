@@ -4,7 +4,9 @@ address family per rule), and per region a node pool: a Flexible VM scale set ov
 NIC configuration, a Standard public IP per VM from a protected prefix, OS disk, NIC and IP
 deleted with the VM, cloud-init in custom_data), an optional spot share above a regular base
 (priority mix), rolling upgrades gated by the Application Health extension, automatic repairs,
-and an autoscale setting when minNodes/maxNodes differ from nodes."""
+and an autoscale setting when minNodes/maxNodes differ from nodes. With mesh.networkStack the
+VNet's subnet and the public IP prefix are a network stack's (`networks`: what one makes); the
+resource group, NSG and scale set stay here."""
 
 from __future__ import annotations
 
@@ -14,14 +16,17 @@ import importlib
 import inspect
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pulumi
 from pulumi_azure_native import compute, network, resources
 
-from meshstack.base import CloudProvider
+from meshstack.base import CloudProvider, from_network_stack, network_outputs
 from meshstack.model import (
     CONFIG_NAMESPACE,
+    NetworkRegion,
+    NetworkSettings,
     RegionSpec,
     StackConfigError,
     StackSettings,
@@ -141,7 +146,11 @@ def tag_transform(required: dict[str, str]) -> pulumi.ResourceTransform:
         if not args.type_.startswith("azure-native:") or not takes_tags(args.type_):
             return None
         props = dict(args.props)
-        props["tags"] = {**required, **(props.get("tags") or {})}
+        own = props.get("tags")
+        if isinstance(own, pulumi.Output):
+            props["tags"] = own.apply(lambda o: {**required, **(o or {})})
+        else:
+            props["tags"] = {**required, **(own if isinstance(own, dict) else {})}
         return pulumi.ResourceTransformResult(props=props, opts=args.opts)
 
     return transform
@@ -194,23 +203,21 @@ class AzureMediaRegion(pulumi.ComponentResource):
         nsg = network.NetworkSecurityGroup(
             f"{name}-nsg", resource_group_name=rg.name, location=location, security_rules=rules, opts=child
         )
-        vnet = network.VirtualNetwork(
-            f"{name}-vnet",
-            resource_group_name=rg.name,
-            location=location,
-            address_space=network.AddressSpaceArgs(address_prefixes=["10.64.0.0/16"]),
-            opts=pulumi.ResourceOptions(
-                parent=self, transforms=tagged, protect=True
-            ),  # `pulumi state unprotect` to delete it
-        )
-        subnet = network.Subnet(
-            f"{name}-subnet",
-            resource_group_name=rg.name,
-            virtual_network_name=vnet.name,
-            address_prefix="10.64.1.0/24",
-            network_security_group=network.NetworkSecurityGroupArgs(id=nsg.id),
-            opts=child,
-        )
+        pool = pool_name(settings, spec.region)
+        low, high = pool_bounds(spec)
+        if shared is not None:  # the environment's network stack owns the subnet and the address prefix
+            stack = str(settings.network_stack)
+            wanted = high if settings.static_addresses else 0
+            entry = shared.apply(lambda n: from_network_stack(n, spec.region, pool, stack, wanted, prefix_size))
+            subnet_id: pulumi.Input[str] = entry.apply(lambda e: str(e["subnetId"]))
+            prefix_id: pulumi.Input[str] | None = None
+            if settings.static_addresses:
+                prefix_id = entry.apply(lambda e: str(e["prefixId"]))
+        else:
+            made = region_network(
+                name, location, rg.name, high if settings.static_addresses else 0, self, tagged, nsg.id
+            )
+            subnet_id, prefix_id = made.subnet_id, made.prefix_id
         vm_size = spec.instance_type or settings.instance_type
         image = image_reference(settings, spec, vm_size)
         ssh = compute.SshConfigurationArgs(
@@ -221,26 +228,13 @@ class AzureMediaRegion(pulumi.ComponentResource):
                 )
             ]
         )
-        pool = pool_name(settings, spec.region)
-        low, high = pool_bounds(spec)
         public_ip = compute.VirtualMachineScaleSetPublicIPAddressConfigurationArgs(
             name="public",
             sku=compute.PublicIPAddressSkuArgs(name="Standard", tier="Regional"),
             delete_option="Delete",
         )
-        if settings.static_addresses:
-            # the nodes' addresses come from a protected prefix of this region: a fixed, known range
-            prefix = network.PublicIPPrefix(
-                f"{name}-ip-prefix",
-                resource_group_name=rg.name,
-                location=location,
-                prefix_length=prefix_length(high),
-                public_ip_address_version="IPv4",
-                sku=network.PublicIPPrefixSkuArgs(name="Standard", tier="Regional"),
-                zones=list(ZONES),
-                opts=pulumi.ResourceOptions(parent=self, transforms=tagged, protect=True),
-            )
-            public_ip.public_ip_prefix = compute.SubResourceArgs(id=prefix.id)
+        if prefix_id is not None:  # the nodes' addresses come from the region's protected prefix: a known range
+            public_ip.public_ip_prefix = compute.SubResourceArgs(id=prefix_id)
         spot = spec.spot_percent > 0
         vmss = compute.VirtualMachineScaleSet(
             f"{name}-vmss",
@@ -303,7 +297,7 @@ class AzureMediaRegion(pulumi.ComponentResource):
                                 compute.VirtualMachineScaleSetIPConfigurationArgs(
                                     name="primary",
                                     primary=True,
-                                    subnet=compute.ApiEntityReferenceArgs(id=subnet.id),
+                                    subnet=compute.ApiEntityReferenceArgs(id=subnet_id),
                                     public_ip_address_configuration=public_ip,
                                 )
                             ],
@@ -386,4 +380,107 @@ def prefix_length(addresses: int) -> int:
     return max(MIN_PREFIX_LENGTH, 32 - max(1, math.ceil(math.log2(max(addresses, 1)))))
 
 
-PROVIDER = CloudProvider(name="azure", regions=REGIONS, component=AzureMediaRegion, check=check)
+def prefix_size(entry: dict[str, Any]) -> int:
+    """How many addresses a network stack's region entry holds: its public IP prefix's (0: none)."""
+    return 2 ** (32 - int(entry["prefixLength"])) if entry.get("prefixId") else 0
+
+
+@dataclass(frozen=True)
+class RegionNetwork:
+    """What a region's scale set runs in: made by its node stack, or read from a network stack."""
+
+    subnet_id: pulumi.Input[str]
+    prefix_id: pulumi.Input[str] | None  # the public IP prefix the nodes' addresses come from
+    vnet_id: pulumi.Input[str] | None = None
+    ip_prefix: pulumi.Input[str] | None = None  # the prefix's range (e.g. 203.0.113.16/29)
+
+
+def region_network(
+    name: str,
+    location: str,
+    resource_group: pulumi.Input[str],
+    addresses: int,
+    parent: pulumi.Resource,
+    tagged: list[pulumi.ResourceTransform],
+    nsg_id: pulumi.Input[str] | None = None,
+) -> RegionNetwork:
+    """A VNet (protected) with one subnet (with `nsg_id`, the NSG on the subnet too) and, for
+    `addresses` > 0, a protected Standard public IP prefix with room for them (zone-redundant)."""
+    kept = pulumi.ResourceOptions(parent=parent, transforms=tagged, protect=True)  # `pulumi state unprotect`
+    vnet = network.VirtualNetwork(
+        f"{name}-vnet",
+        resource_group_name=resource_group,
+        location=location,
+        address_space=network.AddressSpaceArgs(address_prefixes=["10.64.0.0/16"]),
+        opts=kept,
+    )
+    subnet = network.Subnet(
+        f"{name}-subnet",
+        resource_group_name=resource_group,
+        virtual_network_name=vnet.name,
+        address_prefix="10.64.1.0/24",
+        network_security_group=network.NetworkSecurityGroupArgs(id=nsg_id) if nsg_id is not None else None,
+        opts=pulumi.ResourceOptions(parent=parent, transforms=tagged),
+    )
+    if not addresses:
+        return RegionNetwork(subnet.id, None, vnet.id)
+    prefix = network.PublicIPPrefix(
+        f"{name}-ip-prefix",
+        resource_group_name=resource_group,
+        location=location,
+        prefix_length=prefix_length(addresses),
+        public_ip_address_version="IPv4",
+        sku=network.PublicIPPrefixSkuArgs(name="Standard", tier="Regional"),
+        zones=list(ZONES),
+        opts=kept,
+    )
+    return RegionNetwork(subnet.id, prefix.id, vnet.id, prefix.ip_prefix)
+
+
+class AzureNetworkRegion(pulumi.ComponentResource):
+    """In a network stack: one region's resource group, VNet, subnet and public IP prefix, named and
+    tagged as the node stack of the same mesh name and environment names its own. No NSG: its rules
+    follow the node stack's ports and admins, and the node stack puts it on the NIC configuration."""
+
+    def __init__(self, net: NetworkSettings, spec: NetworkRegion, opts: pulumi.ResourceOptions | None = None) -> None:
+        location = spec.region.split(":", 1)[1]
+        name = f"azure-{location}"
+        super().__init__("meshctl:azure:NetworkRegion", name, None, opts)
+        tagged = [tag_transform(tags(net, spec.region))]
+        # protected with the rest (`networks`): deleting a resource group deletes everything in it
+        rg = resources.ResourceGroup(
+            f"{name}-rg", location=location, opts=pulumi.ResourceOptions(parent=self, transforms=tagged)
+        )
+        made = region_network(name, location, rg.name, spec.addresses, self, tagged)
+        self.outputs = {
+            "resourceGroup": rg.name,
+            "location": location,
+            "vnetId": made.vnet_id,
+            "subnetId": made.subnet_id,
+            "prefixId": made.prefix_id,
+            "prefixLength": prefix_length(spec.addresses) if spec.addresses else 0,
+            "ipPrefix": made.ip_prefix,
+            "pool": pool_name(net, spec.region),
+        }
+        self.register_outputs(self.outputs)
+
+
+def networks(net: NetworkSettings) -> dict[str, Any]:
+    """A network stack's `networks` output: region id -> resourceGroup, location, vnetId, subnetId,
+    prefixId, prefixLength, ipPrefix (the nodes' addresses' range), pool (mesh name and environment)."""
+    most = 2 ** (32 - MIN_PREFIX_LENGTH)
+    for i, spec in enumerate(net.regions):
+        where = f"meshctl-shared:network.regions[{i}]"
+        if spec.region.split(":", 1)[1] in NO_ZONES:
+            raise StackConfigError(f"{where}.region: {spec.region} has no availability zones; a node pool spans two")
+        if spec.addresses > most:
+            raise StackConfigError(
+                f"{where}.addresses: one public IP prefix holds at most {most} addresses (/{MIN_PREFIX_LENGTH})"
+            )
+    kept = pulumi.ResourceOptions(protect=True)  # every resource of a network stack (children inherit it)
+    return {spec.region: AzureNetworkRegion(net, spec, kept).outputs for spec in net.regions}
+
+
+PROVIDER = CloudProvider(
+    name="azure", regions=REGIONS, component=AzureMediaRegion, check=check, shared=network_outputs, network=networks
+)

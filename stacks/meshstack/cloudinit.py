@@ -15,11 +15,16 @@ roots and a join policy; see README.md).
 
 from __future__ import annotations
 
+import base64
+import gzip
 import shlex
+from pathlib import Path
 
 import yaml
 
 INSTALLER = "/usr/local/sbin/meshctl-install-agent"
+# AWS: claims a free Elastic IP of the node's pool before the agent starts (claim_address.py)
+ADDRESS_CLAIMER = "/usr/local/sbin/meshctl-claim-address"
 # ReadWritePaths entries that may not exist are prefixed with '-' (else the unit fails with
 # 226/NAMESPACE); /run/wireguard exists only with wireguard-go, not with kernel WireGuard.
 AGENT_UNIT = """[Unit]
@@ -93,8 +98,14 @@ def render(
     interface: str = "mesh0",
     wheelhouse_url: str | None = None,
     wheelhouse_sha256: str | None = None,
+    address_pool: str | None = None,
 ) -> str:
-    """The #cloud-config document for one node."""
+    """The #cloud-config document for one node.
+
+    With `address_pool` (AWS, staticAddresses), the node first claims a free Elastic IP tagged
+    `meshctl-pool=<address_pool>` (`claim_address.py`, run before the agent is installed; it never
+    fails the boot).
+    """
     agent_config = {
         "controller": controller_url,
         "region": region_id,
@@ -109,20 +120,36 @@ def render(
         wheelhouse_url=shlex.quote(wheelhouse_url or ""),
         wheelhouse_sha256=shlex.quote(wheelhouse_sha256 or ""),
     )
+    files: list[dict[str, str]] = [
+        {
+            "path": "/etc/meshctl/agent.yaml",
+            "permissions": "0600",
+            "owner": "root:root",
+            "content": yaml.safe_dump(agent_config, sort_keys=True),
+        },
+        {"path": "/etc/systemd/system/meshctl-agent.service", "permissions": "0644", "content": AGENT_UNIT},
+        {"path": INSTALLER, "permissions": "0755", "owner": "root:root", "content": installer},
+    ]
+    # the installer is one script, `set -e`: a failed download or hash check stops before the unit is enabled
+    commands: list[list[str]] = [[INSTALLER]]
+    if address_pool is not None:
+        # compressed: EC2 takes at most 16 KB of user data (cloud-init's write_files decodes it)
+        source = (Path(__file__).parent / "claim_address.py").read_bytes()
+        packed = base64.b64encode(gzip.compress(source, 9, mtime=0)).decode()
+        files.append(
+            {
+                "path": ADDRESS_CLAIMER,
+                "permissions": "0755",
+                "owner": "root:root",
+                "encoding": "gz+b64",
+                "content": packed,
+            }
+        )
+        commands.insert(0, [ADDRESS_CLAIMER, "--pool", address_pool])  # exits 0 whatever happens
     doc = {
         "package_update": True,
         "packages": ["wireguard-tools", "python3-venv", "nftables", "curl", "ca-certificates"],
-        "write_files": [
-            {
-                "path": "/etc/meshctl/agent.yaml",
-                "permissions": "0600",
-                "owner": "root:root",
-                "content": yaml.safe_dump(agent_config, sort_keys=True),
-            },
-            {"path": "/etc/systemd/system/meshctl-agent.service", "permissions": "0644", "content": AGENT_UNIT},
-            {"path": INSTALLER, "permissions": "0755", "owner": "root:root", "content": installer},
-        ],
-        # one script, `set -e`: a failed download or hash check stops before the unit is enabled
-        "runcmd": [[INSTALLER]],
+        "write_files": files,
+        "runcmd": commands,
     }
     return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=1000)

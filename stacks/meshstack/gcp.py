@@ -3,7 +3,8 @@ global), a subnetwork per region, and per region a regional managed instance gro
 region's zones that are UP (looked up: not every region has a zone `-a`) from an instance
 template (Ubuntu 24.04 LTS through its image family, the firewall's target tag), stateful
 external IPs when the stack wants static addresses, a second group of SPOT VMs for the spot
-share, and proactive rolling replacement when the template changes."""
+share, and proactive rolling replacement when the template changes. With mesh.networkStack the
+network and subnetworks are a network stack's (`network`: what one makes), the firewall stays here."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from typing import Any, Literal
 import pulumi
 import pulumi_gcp as gcp
 
-from meshstack.base import CloudProvider
+from meshstack.base import CloudProvider, from_network_stack, network_outputs
 from meshstack.model import (
     CONFIG_NAMESPACE,
+    NetworkRegion,
+    NetworkSettings,
     RegionSpec,
     StackConfigError,
     StackSettings,
@@ -92,34 +95,79 @@ def zones(region: str) -> list[str]:
     return names[:MAX_ZONES]
 
 
+def global_network(name: str, described: str, parent: pulumi.Resource) -> gcp.compute.Network:
+    """The mesh's one global VPC network (custom mode: a subnetwork per region), protected
+    (`pulumi state unprotect` to delete it)."""
+    return gcp.compute.Network(
+        f"{name}-net",
+        auto_create_subnetworks=False,
+        description=described,
+        opts=pulumi.ResourceOptions(parent=parent, protect=True),
+    )
+
+
+def subnetwork(
+    name: str, region: str, network_id: pulumi.Input[str], described: str, opts: pulumi.ResourceOptions
+) -> gcp.compute.Subnetwork:
+    """A region's subnetwork of the global network: its fixed /20 (`REGION_ORDER`)."""
+    return gcp.compute.Subnetwork(
+        f"{name}-subnet",
+        network=network_id,
+        region=region,
+        ip_cidr_range=subnet_range(region),
+        description=described,
+        opts=opts,
+    )
+
+
 @dataclass(frozen=True)
 class GcpNetwork:
-    network: gcp.compute.Network
+    """What the regions of a node stack share: the network (its id), the firewall's node tag and,
+    with mesh.networkStack, the network stack's `networks` output (the regions' subnetworks)."""
+
+    network_id: pulumi.Input[str]
     node_tag: str
+    networks: pulumi.Output[Any] | None = None
+    stack: str | None = None
+
+
+def network_entry(networks: Any, region_id: str, pool: str, stack: str) -> dict[str, Any]:
+    """The network stack's entry for a region, checked as every cloud's (`from_network_stack`), and
+    in this stack's project: a subnetwork and the firewall rules of a network live in the network's
+    project (another project's network would need Shared VPC, which this program does not set up)."""
+    entry = from_network_stack(networks, region_id, pool, stack)
+    mine, theirs = pulumi.Config("gcp").get("project"), entry.get("project")
+    if mine and theirs and mine != theirs:
+        raise pulumi.RunError(
+            f"{CONFIG_NAMESPACE}:mesh.networkStack: the network of {region_id} in {stack} is in project "
+            f"{theirs!r}, this stack's gcp:project is {mine!r} (the same project, or no networkStack)"
+        )
+    return entry
 
 
 class GcpSharedNetwork(pulumi.ComponentResource):
-    """The stack's one global VPC network and its ingress firewall rules (on the node tag)."""
+    """The stack's one global VPC network and its ingress firewall rules (on the node tag). With
+    mesh.networkStack the network is the network stack's (`network_id`): only the rules are made here."""
 
-    def __init__(self, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        settings: StackSettings,
+        opts: pulumi.ResourceOptions | None = None,
+        network_id: pulumi.Input[str] | None = None,
+    ) -> None:
         name = f"{settings.name}-{settings.environment}"
         super().__init__("meshctl:gcp:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         described = f"meshctl {settings.name}/{settings.environment}"
         self.node_tag = f"{name}-node"
-        self.network = gcp.compute.Network(
-            f"{name}-net",
-            auto_create_subnetworks=False,
-            description=described,
-            opts=pulumi.ResourceOptions(parent=self, protect=True),  # `pulumi state unprotect` to delete it
-        )
+        self.network_id = global_network(name, described, self).id if network_id is None else network_id
         for rule in firewall_rules(settings):
             # one address family per rule, never an empty source list (GCP would apply 0.0.0.0/0)
             assert rule.sources, rule
             ports = [str(rule.from_port) if rule.from_port == rule.to_port else f"{rule.from_port}-{rule.to_port}"]
             gcp.compute.Firewall(
                 f"{name}-in-{rule.name}",
-                network=self.network.id,
+                network=self.network_id,
                 direction="INGRESS",
                 priority=1000,
                 allows=[gcp.compute.FirewallAllowArgs(protocol=rule.protocol, ports=ports)],
@@ -128,12 +176,21 @@ class GcpSharedNetwork(pulumi.ComponentResource):
                 description=f"{described}: {rule.description}",
                 opts=child,
             )
-        self.register_outputs({"network": self.network.id})
+        self.register_outputs({"network": self.network_id})
 
 
 def shared(settings: StackSettings) -> GcpNetwork:
-    net = GcpSharedNetwork(settings)
-    return GcpNetwork(network=net.network, node_tag=net.node_tag)
+    """The stack's network and firewall; with mesh.networkStack the network stack's network (read
+    through a StackReference: every region's entry names the same one) and its subnetworks."""
+    networks = network_outputs(settings)
+    if networks is None:
+        net = GcpSharedNetwork(settings)
+        return GcpNetwork(network_id=net.network_id, node_tag=net.node_tag)
+    stack = str(settings.network_stack)
+    first = settings.regions[0].region
+    network_id = networks.apply(lambda n: str(network_entry(n, first, pool_name(settings, first), stack)["networkId"]))
+    net = GcpSharedNetwork(settings, network_id=network_id)
+    return GcpNetwork(network_id=net.network_id, node_tag=net.node_tag, networks=networks, stack=stack)
 
 
 class GcpMediaRegion(pulumi.ComponentResource):
@@ -163,17 +220,16 @@ class GcpMediaRegion(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self, provider=provider)
         described = f"meshctl {settings.name}/{settings.environment} {spec.region}"
         region_zones = zones(region)
-        subnet = gcp.compute.Subnetwork(
-            f"{name}-subnet",
-            network=shared.network.id,
-            region=region,
-            ip_cidr_range=subnet_range(region),
-            description=described,
-            opts=child,
-        )
+        pool = pool_name(settings, spec.region)
+        subnet_id: pulumi.Input[str]
+        if shared.networks is not None:  # the network stack's subnetwork of this region
+            stack = str(shared.stack)
+            entry = shared.networks.apply(lambda n: network_entry(n, spec.region, pool, stack))
+            subnet_id = entry.apply(lambda e: str(e["subnetworkId"]))
+        else:
+            subnet_id = subnetwork(name, region, shared.network_id, described, child).id
         machine_type = spec.instance_type or settings.instance_type
         image = spec.image or settings.image or IMAGE_FAMILY.format(arch=architecture(machine_type))
-        pool = pool_name(settings, spec.region)
         low, high = pool_bounds(spec)
         on_demand, spot = capacity_split(spec)
         self.pools = []
@@ -188,7 +244,7 @@ class GcpMediaRegion(pulumi.ComponentResource):
                 disks=[gcp.compute.InstanceTemplateDiskArgs(source_image=image, boot=True, auto_delete=True)],
                 network_interfaces=[
                     gcp.compute.InstanceTemplateNetworkInterfaceArgs(
-                        subnetwork=subnet.id,
+                        subnetwork=subnet_id,
                         access_configs=[
                             gcp.compute.InstanceTemplateNetworkInterfaceAccessConfigArgs(network_tier="PREMIUM")
                         ],
@@ -291,4 +347,66 @@ def check(settings: StackSettings) -> None:
             )
 
 
-PROVIDER = CloudProvider(name="gcp", regions=REGIONS, component=GcpMediaRegion, check=check, shared=shared)
+class GcpGlobalNetwork(pulumi.ComponentResource):
+    """In a network stack: the mesh's global network, named as a node stack of the same mesh name and
+    environment names its own (no firewall: its rules follow the node stack's ports and admins)."""
+
+    def __init__(self, net: NetworkSettings, opts: pulumi.ResourceOptions | None = None) -> None:
+        name = f"{net.name}-{net.environment}"
+        super().__init__("meshctl:gcp:Network", name, None, opts)
+        self.network = global_network(name, f"meshctl {net.name}/{net.environment}", self)
+        self.register_outputs({"network": self.network.id})
+
+
+class GcpNetworkRegion(pulumi.ComponentResource):
+    """In a network stack: one region's subnetwork of the global network, named and labelled as the
+    node stack's."""
+
+    def __init__(
+        self,
+        net: NetworkSettings,
+        spec: NetworkRegion,
+        network: gcp.compute.Network,
+        project: str | None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        region = spec.region.split(":", 1)[1]
+        name = f"gcp-{region}"
+        super().__init__("meshctl:gcp:NetworkRegion", name, None, opts)
+        labels = {k: label_safe(v) for k, v in tags(net, spec.region).items()}
+        provider = gcp.Provider(
+            f"{name}-gcp", project=project, default_labels=labels, opts=pulumi.ResourceOptions(parent=self)
+        )
+        described = f"meshctl {net.name}/{net.environment} {spec.region}"
+        subnet = subnetwork(name, region, network.id, described, pulumi.ResourceOptions(parent=self, provider=provider))
+        self.outputs = {
+            "networkId": network.id,
+            "subnetworkId": subnet.id,
+            "region": region,
+            "project": project,
+            "pool": pool_name(net, spec.region),
+        }
+        self.register_outputs(self.outputs)
+
+
+def network(net: NetworkSettings) -> dict[str, Any]:
+    """A network stack's `networks` output: region id -> networkId (the one global network),
+    subnetworkId, region, project, pool (the node stacks' pool name: mesh name and environment).
+
+    No address pool: a node keeps its address through the group's stateful external IPs, which
+    belong to the group (stacks/README.md), so `addresses` is refused here."""
+    for i, spec in enumerate(net.regions):
+        if spec.addresses:
+            raise StackConfigError(
+                f"meshctl-shared:network.regions[{i}].addresses: GCP has no address pool to share (a node "
+                "keeps its address as a stateful external IP of its group); leave it unset"
+            )
+    project = pulumi.Config("gcp").get("project")
+    kept = pulumi.ResourceOptions(protect=True)  # every resource of a network stack (children inherit it)
+    global_net = GcpGlobalNetwork(net, kept)
+    return {spec.region: GcpNetworkRegion(net, spec, global_net.network, project, kept).outputs for spec in net.regions}
+
+
+PROVIDER = CloudProvider(
+    name="gcp", regions=REGIONS, component=GcpMediaRegion, check=check, shared=shared, network=network
+)

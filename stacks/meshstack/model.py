@@ -76,6 +76,9 @@ class StackSettings(BaseModel):
     static_addresses: bool = Field(default=True, alias="staticAddresses")
     # the environment's shared stack (org/project/stack): controller URL and agent artifacts come from it
     shared_stack: str | None = Field(default=None, alias="sharedStack")
+    # the environment's network stack of this cloud (a stack of stacks/shared with a `network` config):
+    # the regions' networks and address pools come from it
+    network_stack: str | None = Field(default=None, alias="networkStack")
     regions: list[RegionSpec]
 
     @field_validator("controller_url")
@@ -84,6 +87,47 @@ class StackSettings(BaseModel):
         if v is not None and not re.match(r"^https?://[^\s/]+", v):
             raise ValueError("must be an http(s) URL")
         return v
+
+
+class NetworkRegion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    region: str
+    addresses: int = Field(default=0, ge=0, le=100)  # the address pool's size (AWS Elastic IPs)
+
+
+class NetworkSettings(BaseModel):
+    """A network stack's config (`meshctl-shared:network`): one cloud's regions, their networks and
+    address pools, named as the node stacks of the same mesh name and environment name theirs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9-]*$")
+    environment: str = Field(min_length=1, max_length=16, pattern=r"^[a-z][a-z0-9-]*$")
+    cloud: str
+    regions: list[NetworkRegion] = Field(min_length=1)
+
+
+def validate_network(raw: Any, known_regions: dict[str, frozenset[str]]) -> NetworkSettings:
+    """Parse and check a network stack's config; StackConfigError naming the first bad setting."""
+    where = "meshctl-shared:network"
+    try:
+        net = NetworkSettings.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+        raise StackConfigError(f"{where}{loc}: {err['msg']}") from None
+    if net.cloud not in known_regions:
+        raise StackConfigError(f"{where}.cloud: unknown cloud {net.cloud!r}; one of {', '.join(sorted(known_regions))}")
+    seen: set[str] = set()
+    for i, r in enumerate(net.regions):
+        m = REGION_ID.match(r.region)
+        if m is None or m.group(1) != net.cloud or m.group(2) not in known_regions[net.cloud]:
+            raise StackConfigError(f"{where}.regions[{i}].region: {r.region!r} is not a known region of {net.cloud}")
+        if r.region in seen:
+            raise StackConfigError(f"{where}.regions[{i}].region: {r.region!r} is listed twice")
+        seen.add(r.region)
+    return net
 
 
 @dataclass(frozen=True)
@@ -119,6 +163,11 @@ def validate(raw: Any, known_regions: dict[str, frozenset[str]]) -> StackSetting
         raise StackConfigError(
             f"{CONFIG_NAMESPACE}:mesh.cloud: unknown cloud {settings.cloud!r}; "
             f"one of {', '.join(sorted(known_regions))}"
+        )
+    if settings.network_stack is not None and not STACK_NAME.match(settings.network_stack):
+        raise StackConfigError(
+            f"{CONFIG_NAMESPACE}:mesh.networkStack: {settings.network_stack!r} is not a stack name "
+            "(organization/project/stack, e.g. organization/meshctl-shared/dev-aws)"
         )
     if settings.shared_stack is not None:
         if not STACK_NAME.match(settings.shared_stack):
@@ -304,7 +353,7 @@ def firewall_rules(settings: StackSettings) -> list[FirewallRule]:
     return rules
 
 
-def tags(settings: StackSettings, region_id: str) -> dict[str, str]:
+def tags(settings: StackSettings | NetworkSettings, region_id: str) -> dict[str, str]:
     """Required on every resource: mesh name, region id, environment."""
     return {
         "mesh": settings.name,
@@ -319,7 +368,7 @@ def label_safe(value: str) -> str:
     return re.sub(r"[^a-z0-9_-]", "_", value.lower())[:63]
 
 
-def pool_name(settings: StackSettings, region_id: str) -> str:
+def pool_name(settings: StackSettings | NetworkSettings, region_id: str) -> str:
     """<mesh>-<env>-<cloud-region>: the region's node pool and the base of its nodes' names."""
     return f"{settings.name}-{settings.environment}-{region_id.split(':', 1)[1]}"
 

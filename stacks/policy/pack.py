@@ -62,6 +62,11 @@ POLICIES = [
         enforcement_level=EnforcementLevel.MANDATORY,
     ),
     _resource_policy("pool-spans-zones", "A node pool spans at least two zones.", rules.pool_spans_zones),
+    _resource_policy(
+        "role-policy-scoped",
+        "A node role changes nothing on every resource: writes are scoped by ARN and a condition.",
+        rules.role_policy_scoped,
+    ),
     _resource_policy("allowed-instance-types", "Instance types from the allow list only.", rules.allowed_instance_type),
     StackValidationPolicy(
         name="wireguard-port-open",

@@ -46,6 +46,8 @@ TAGGABLE = {
     "aws:ec2/launchTemplate:LaunchTemplate": "tags",
     "aws:autoscaling/group:Group": "tags",  # a list of {key, value, propagateAtLaunch}
     "aws:ec2/eip:Eip": "tags",
+    "aws:iam/role:Role": "tags",  # the nodes' role (claims a pool address), global: tags from the provider
+    "aws:iam/instanceProfile:InstanceProfile": "tags",
     "gcp:compute/instanceTemplate:InstanceTemplate": "labels",
     "azure-native:compute:VirtualMachineScaleSet": "tags",
     "azure-native:network:PublicIPPrefix": "tags",
@@ -157,10 +159,14 @@ def no_admin_ports_from_internet(typ: str, props: Mapping[str, Any]) -> list[str
 def wireguard_port_open(
     typ: str, props: Mapping[str, Any], stack_rules: list[tuple[str, Mapping[str, Any]]]
 ) -> list[str]:
-    """Across the stack's firewall resources, UDP 51820 must be open (or the mesh cannot form)."""
+    """Across the stack's firewall resources, UDP 51820 must be open (or the mesh cannot form).
+
+    Checked from each security group, NSG, GCP network and GCP firewall rule: a GCP node stack on a
+    network stack (mesh.networkStack) holds firewall rules but no network."""
     if typ not in (
         "aws:ec2/securityGroup:SecurityGroup",
         "gcp:compute/network:Network",
+        "gcp:compute/firewall:Firewall",
         "azure-native:network:NetworkSecurityGroup",
     ):
         return []
@@ -232,3 +238,30 @@ def pool_spans_zones(typ: str, props: Mapping[str, Any]) -> list[str]:
     if len(set(found)) < 2:
         return [f"node pool spans {len(set(found))} {what}; at least 2 (set {field})"]
     return []
+
+
+READ_ONLY = ("Describe", "Get", "List")
+
+
+def role_policy_scoped(typ: str, props: Mapping[str, Any]) -> list[str]:
+    """A node role's inline policy: no wildcard action, and every action that changes something is
+    scoped by resource ARN and a condition (e.g. the address pool's tag), never on `*` unconditioned."""
+    if typ != "aws:iam/rolePolicy:RolePolicy" or not isinstance(props.get("policy"), str):
+        return []
+    try:
+        statements = json.loads(props["policy"]).get("Statement", [])
+    except (ValueError, AttributeError):
+        return ["the role policy is not a JSON policy document"]
+    out = []
+    for i, s in enumerate([statements] if isinstance(statements, dict) else statements):
+        if s.get("Effect") != "Allow":
+            continue
+        actions = [s["Action"]] if isinstance(s.get("Action"), str) else list(s.get("Action") or [])
+        resources = [s["Resource"]] if isinstance(s.get("Resource"), str) else list(s.get("Resource") or [])
+        name = s.get("Sid", f"#{i}")
+        for action in actions:
+            if "*" in action:
+                out.append(f"statement {name}: wildcard action {action!r}")
+            elif not action.split(":", 1)[-1].startswith(READ_ONLY) and ("*" in resources or not s.get("Condition")):
+                out.append(f"statement {name}: {action} on {resources} without a condition; scope it by ARN and tag")
+    return out

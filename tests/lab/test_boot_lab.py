@@ -28,7 +28,9 @@ restarts), the real metadata services, package mirrors, kernel WireGuard.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import gzip
 import ipaddress
 import os
 import shlex
@@ -59,6 +61,7 @@ from tests.stacks.artifacts import Artifacts, build_agent_artifacts, sha256
 from tests.stacks.conftest import run_program, stack_config, user_data_docs
 
 pytestmark = pytest.mark.lab
+ADDRESS_CLAIMER = "/usr/local/sbin/meshctl-claim-address"  # stacks/meshstack/cloudinit.py (AWS, staticAddresses)
 
 NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # root's PATH on Ubuntu
 REDIRECTED = ("/etc/", "/opt/", "/usr/local/", "/var/lib/")
@@ -178,11 +181,15 @@ class Node:
 
     def write_files(self, entries: list[dict[str, Any]]) -> None:
         for entry in entries:
-            assert set(entry) <= {"path", "content", "permissions", "owner"}, f"not handled here: {entry}"
+            assert set(entry) <= {"path", "content", "permissions", "owner", "encoding"}, f"not handled here: {entry}"
+            assert entry.get("encoding", "text/plain") in ("text/plain", "gz+b64"), entry["encoding"]
             target = Path(self.path(entry["path"]))
             assert str(target).startswith(str(self.root)), f"{entry['path']} would be written on this machine"
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(entry.get("content", ""))
+            content = entry.get("content", "")
+            if entry.get("encoding") == "gz+b64":  # as cloud-init's write_files decodes it
+                content = gzip.decompress(base64.b64decode(content)).decode()
+            target.write_text(content)
             target.chmod(int(entry.get("permissions", "0644"), 8))
             assert entry.get("owner", "root:root") == "root:root"  # this test runs as root: already so
 
@@ -326,6 +333,9 @@ def test_user_data_boots_a_node_that_joins_by_attestation_gets_peers_and_reports
     for command in doc["runcmd"]:
         r = node.run(command)
         assert r.returncode == 0, f"runcmd {command}: {r.stdout}{r.stderr}"
+        if command[0] == ADDRESS_CLAIMER:  # AWS staticAddresses: this lab's metadata service has no role
+            assert "keeping the launch-time public IPv4" in r.stderr, r.stderr
+    assert doc["runcmd"][0][0] == ADDRESS_CLAIMER, "the Elastic IP claim runs before the agent is installed"
     installed_at = time.monotonic() - started
     ns_ip = t.lab.node_ip(0)
     assert sorted(path for ip, path in art.requests if ip == ns_ip) == sorted(

@@ -39,12 +39,14 @@ IP_FIELD = {
 
 
 protected: dict[tuple[str, str], bool] = {}
+urns: dict[tuple[str, str], str] = {}
 _register = MockMonitor.RegisterResource
 
 
 def _record_protect(self: MockMonitor, request: Any) -> Any:
-    """The mocks' resource args lack `protect`: read it from the registration request itself."""
+    """The mocks' resource args lack `protect` and the URN: read them from the registration request itself."""
     protected[(request.type, request.name)] = bool(request.protect)
+    urns[(request.type, request.name)] = self.make_urn(request.parent, request.type, request.name)
     return _register(self, request)
 
 
@@ -73,6 +75,9 @@ class Mocks(pulumi.runtime.Mocks):
         if args.typ in IP_FIELD:
             ip_counter[0] += 1
             state[IP_FIELD[args.typ]] = record["ip"] = f"203.0.113.{ip_counter[0]}"
+        if args.typ == "azure-native:network:PublicIPPrefix":  # Azure picks the range
+            ip_counter[0] += 1
+            state["ipPrefix"] = record["ipPrefix"] = f"198.51.{ip_counter[0]}.0/{int(args.inputs['prefixLength'])}"
         if args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
             state["latestVersion"] = 1
         if args.typ == "gcp:compute/instanceTemplate:InstanceTemplate":
@@ -82,6 +87,8 @@ class Mocks(pulumi.runtime.Mocks):
             state["secretOutputNames"] = []
         if "name" not in state:
             state["name"] = args.name
+        if args.typ.startswith("aws:") and "arn" not in state:  # e.g. an instance profile's, on a launch template
+            state["arn"] = record["arn"] = f"arn:aws:mock::123456789012:{args.typ.rsplit(':', 1)[-1]}/{args.name}"
         resources.append(record)
         return f"{args.name}-id", state
 
@@ -155,6 +162,7 @@ def main() -> None:
         result["traceback"] = traceback.format_exc()[-3000:]
     for r in resources:
         r["protect"] = protected.get((r["type"], r["name"]), False)
+        r["urn"] = urns.get((r["type"], r["name"]))
     result["resources"] = resources
     result["calls"] = calls
     print(json.dumps(result, default=str))

@@ -76,6 +76,12 @@ def test_wireguard_must_be_open() -> None:
     assert not rules.wireguard_port_open("azure-native:network:NetworkSecurityGroup", nsg, [])
     nsg["securityRules"][0]["access"] = "Deny"
     assert rules.wireguard_port_open("azure-native:network:NetworkSecurityGroup", nsg, [])
+    # a GCP node stack on a network stack has firewall rules but no network: checked from the rules
+    fw = "gcp:compute/firewall:Firewall"
+    media = {"direction": "INGRESS", "sourceRanges": ["0.0.0.0/0"], "allows": [{"protocol": "udp", "ports": ["10000"]}]}
+    assert rules.wireguard_port_open(fw, media, [(fw, media)])
+    wireguard = {**media, "allows": [{"protocol": "udp", "ports": ["51820"]}]}
+    assert not rules.wireguard_port_open(fw, media, [(fw, media), (fw, wireguard)])
 
 
 def test_required_tags() -> None:
@@ -105,6 +111,29 @@ def test_node_pools_span_two_zones() -> None:
     assert not rules.pool_spans_zones("azure-native:compute:VirtualMachineScaleSet", {"zones": ["1", "2", "3"]})
 
 
+def test_node_role_policies_change_nothing_unscoped() -> None:
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "stacks"))
+    from meshstack.aws import claim_policy
+
+    typ = "aws:iam/rolePolicy:RolePolicy"
+    ours = claim_policy("eu-west-1", "media-mesh-dev-eu-west-1")
+    assert rules.role_policy_scoped(typ, {"policy": json.dumps(ours)}) == []
+    wide = {"Statement": [{"Sid": "S", "Effect": "Allow", "Action": "ec2:AssociateAddress", "Resource": "*"}]}
+    assert rules.role_policy_scoped(typ, {"policy": json.dumps(wide)})
+    unconditioned = {
+        "Statement": [
+            {"Effect": "Allow", "Action": ["ec2:AssociateAddress"], "Resource": "arn:aws:ec2:eu-west-1:*:elastic-ip/*"}
+        ]
+    }
+    assert rules.role_policy_scoped(typ, {"policy": json.dumps(unconditioned)})
+    everything = {"Statement": {"Effect": "Allow", "Action": "ec2:*", "Resource": "arn:aws:ec2:*", "Condition": {}}}
+    assert "wildcard action 'ec2:*'" in rules.role_policy_scoped(typ, {"policy": json.dumps(everything)})[0]
+    denied = {"Statement": [{"Effect": "Deny", "Action": "ec2:*", "Resource": "*"}]}
+    assert rules.role_policy_scoped(typ, {"policy": json.dumps(denied)}) == []
+
+
 def test_autoscaling_group_tags_count_only_when_propagated() -> None:
     asg = "aws:autoscaling/group:Group"
     tags = [{"key": k, "value": v, "propagateAtLaunch": True} for k, v in TAGS.items()]
@@ -124,6 +153,7 @@ def test_pack_policies_report_through_pulumi_policy_args() -> None:
         "allowed-instance-types",
         "wireguard-port-open",
         "pool-spans-zones",
+        "role-policy-scoped",
     }
     seen: list[str] = []
     args = ResourceValidationArgs(

@@ -181,6 +181,8 @@ def test_workflow_paths_exist_in_the_repository() -> None:
             assert (work_dir / "Pulumi.yaml").is_file(), (name, work_dir)
             if name.startswith("shared"):  # the shared stack: outputs only, no cloud resource to check
                 assert step["with"]["work-dir"] == "stacks/shared" and "policyPacks" not in step["with"]
+            elif step["with"]["work-dir"] == "stacks/shared":  # a cloud's network stack: no node to check
+                assert "policyPacks" not in step["with"] and "network stack" in step["name"], (name, step)
             else:
                 pack = work_dir / step["with"]["policyPacks"]  # relative to work-dir
                 assert (pack / "PulumiPolicy.yaml").is_file(), (name, pack)
@@ -188,8 +190,10 @@ def test_workflow_paths_exist_in_the_repository() -> None:
             for stack in stacks:
                 assert (work_dir / f"Pulumi.{stack}.yaml").is_file(), (name, stack)
             seen += 1
-    assert seen == 5
+    assert seen == 8  # the shared stack's preview and up; each cloud's network and node stack in preview, drift, up
     assert wf["jobs"]["up"]["needs"] == "shared-up", "node stacks read the shared stack's outputs: it goes first"
+    for name in ("preview", "drift", "up"):  # each cloud's network stack first, then its node stack
+        assert [s["with"]["work-dir"] for s in pulumi_steps(wf["jobs"][name])] == ["stacks/shared", "stacks"], name
 
 
 def test_workflow_previews_read_only_and_deploys_main_behind_approval() -> None:
@@ -204,8 +208,8 @@ def test_workflow_previews_read_only_and_deploys_main_behind_approval() -> None:
         env = json.dumps([wf.get("env", {}), job.get("env", {})] + [s.get("env", {}) for s in job["steps"]])
         for var in ("ARM_CLIENT_ID", "ARM_TENANT_ID", "ARM_SUBSCRIPTION_ID", "ARM_USE_OIDC", "PULUMI_BACKEND_URL"):
             assert var in env, var
-    assert [s["with"]["command"] for s in pulumi_steps(preview)] == ["preview"]
-    assert [s["with"]["command"] for s in pulumi_steps(up)] == ["up"]
+    assert [s["with"]["command"] for s in pulumi_steps(preview)] == ["preview", "preview"]  # network, node stack
+    assert [s["with"]["command"] for s in pulumi_steps(up)] == ["up", "up"]
     assert preview["concurrency"]["group"] != up["concurrency"]["group"]
     assert up["concurrency"]["cancel-in-progress"] is False
     assert "refs/heads/main" in up["if"] and "'push'" in up["if"] and "'workflow_dispatch'" in up["if"]
@@ -226,9 +230,11 @@ def test_workflow_checks_drift_daily_read_only() -> None:
     assert {m["stack"] for m in drift["strategy"]["matrix"]["include"]} == {
         m["stack"] for m in preview["strategy"]["matrix"]["include"]
     }
-    (step,) = pulumi_steps(drift)
-    assert step["with"]["command"] == "preview" and step["with"]["expect-no-changes"] is True
-    assert step["with"]["refresh"] is True
+    steps = pulumi_steps(drift)
+    assert len(steps) == 2  # the cloud's network stack and its node stack
+    for step in steps:
+        assert step["with"]["command"] == "preview" and step["with"]["expect-no-changes"] is True
+        assert step["with"]["refresh"] is True
     creds = json.dumps([s.get("with", {}) for s in drift["steps"]] + [drift.get("env", {})])
     assert "PREVIEW" in creds and "DEPLOY" not in creds and "AZURE_CLIENT_ID" not in creds, "read-only roles"
     assert drift["concurrency"]["group"] not in (

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import rules
 import yaml
-from meshstack import cloudinit
-from meshstack.model import StackConfigError, validate
+from meshstack import cloudinit, registry
+from meshstack.model import StackConfigError, pool_name, validate
 
 from tests.stacks.conftest import (
     CLOUDS,
@@ -125,6 +125,7 @@ def test_cloud_init_joins_by_cloud_identity_with_no_secret(program: tuple[str, d
     """The user data holds the controller URL and the mesh region only: no join token, no credential."""
     cloud, result = program
     cfg = stack_config(cloud)["meshctl-stacks:mesh"]
+    settings = validate(cfg, registry.known_regions(cloud))
     docs = user_data_docs(result)
     assert docs
     for text, _secret in docs:
@@ -136,7 +137,9 @@ def test_cloud_init_joins_by_cloud_identity_with_no_secret(program: tuple[str, d
         assert agent["join"] == "attested" and agent["controller"] == cfg["controllerUrl"]
         assert agent["region"].startswith(f"{cloud}:")
         assert next(f for f in doc["write_files"] if f["path"] == "/etc/meshctl/agent.yaml")["permissions"] == "0600"
-        assert doc["runcmd"] == [[cloudinit.INSTALLER]]
+        # AWS nodes (staticAddresses, the default) first claim a free Elastic IP of their region's pool
+        claim = [[cloudinit.ADDRESS_CLAIMER, "--pool", pool_name(settings, agent["region"])]] if cloud == "aws" else []
+        assert doc["runcmd"] == [*claim, [cloudinit.INSTALLER]]
         installer = next(f for f in doc["write_files"] if f["path"] == cloudinit.INSTALLER)
         assert installer["content"].rstrip().endswith("systemctl enable --now meshctl-agent.service")
         assert "wireguard-tools" in doc["packages"]

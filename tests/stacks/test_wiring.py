@@ -3,11 +3,13 @@ which image; and the policy pack run on that graph (not on hand-made dictionarie
 
 from __future__ import annotations
 
+import base64
 import copy
 import ipaddress
 from typing import Any
 
 import pytest
+import yaml
 from meshstack.model import label_safe
 from pulumi_policy import (
     PolicyProviderResource,
@@ -104,12 +106,32 @@ def test_aws_pools_wired_to_their_region_sg_subnets_template_and_ami(program: tu
     }
 
 
+def component_region(r: dict[str, Any]) -> str:
+    """The AWS region whose component made `r` (its name starts with aws-<region>-)."""
+    (region,) = [g for g in regions_of("aws") if r["name"].startswith(f"aws-{g}-")]
+    return region
+
+
+def aws_region(r: dict[str, Any]) -> str:
+    """The region an AWS resource lives in; IAM is global (no region), it belongs to its component's."""
+    if r["type"].startswith("aws:iam/"):
+        assert "region" not in r["inputs"], r
+        return component_region(r)
+    region: str = r["inputs"]["region"]
+    return region
+
+
 @AWS
 def test_aws_every_resource_in_its_components_region(program: tuple[str, dict[str, Any]]) -> None:
     result = only("aws", program)
     checked = 0
     for r in result["resources"]:
         if not r["type"].startswith("aws:"):
+            continue
+        if r["type"].startswith("aws:iam/"):  # global: no region; its component's provider all the same
+            assert aws_region(r) == component_region(r)
+            assert provider_defaults(result, r)["mesh-region"] == f"aws:{component_region(r)}"
+            checked += 1
             continue
         tags = r["inputs"].get("tags") or {}
         if isinstance(tags, list):  # an autoscaling group's
@@ -135,6 +157,72 @@ def test_aws_graviton_gets_arm64_and_no_stack_wide_ami() -> None:
     mesh["image"] = "ami-0c7217cdde317cfec"  # a us-east-1 AMI for every region: refused
     with pytest.raises(StackConfigError, match=r"mesh\.image: AMI ids are regional"):
         registry.provider("aws").check(validate(mesh, registry.known_regions("aws")))
+
+
+def launch_templates(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {lt["inputs"]["region"]: lt for lt in of_type(result, "aws:ec2/launchTemplate:LaunchTemplate")}
+
+
+@AWS
+def test_aws_nodes_get_a_role_that_claims_only_their_own_pools_addresses(program: tuple[str, dict[str, Any]]) -> None:
+    import json
+
+    from meshstack.cloudinit import ADDRESS_CLAIMER
+
+    result = only("aws", program)
+    ids = by_id(result)
+    templates = launch_templates(result)
+    assert set(templates) == set(regions_of("aws"))
+    pools = set()
+    for region, lt in templates.items():
+        # the instance profile is on the launch template, and holds the region's role
+        profile_arn = lt["inputs"]["iamInstanceProfile"]["arn"]
+        (profile,) = [p for p in of_type(result, "aws:iam/instanceProfile:InstanceProfile") if p["arn"] == profile_arn]
+        assert component_region(profile) == region
+        role = ids[profile["inputs"]["role"]]
+        assert role["type"] == "aws:iam/role:Role" and component_region(role) == region
+        trust = json.loads(role["inputs"]["assumeRolePolicy"])
+        assert trust["Statement"] == [
+            {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ]
+        # the addresses of this region's pool and the pool tag on what the template launches
+        eips = [e for e in of_type(result, "aws:ec2/eip:Eip") if e["inputs"]["region"] == region]
+        (pool,) = {e["inputs"]["tags"]["meshctl-pool"] for e in eips}
+        pools.add(pool)
+        launched = {spec["resourceType"]: spec["tags"] for spec in lt["inputs"]["tagSpecifications"]}
+        assert launched["instance"]["meshctl-pool"] == pool and launched["network-interface"]["meshctl-pool"] == pool
+        # the role's only policy: describe addresses (no resource-level permission exists), associate the
+        # pool's own addresses onto the pool's own instances and interfaces, in this region
+        (policy,) = [p for p in of_type(result, "aws:iam/rolePolicy:RolePolicy") if p["inputs"]["role"] == role["id"]]
+        statements = {s["Sid"]: s for s in json.loads(policy["inputs"]["policy"])["Statement"]}
+        assert set(statements) == {"FindPoolAddresses", "ClaimPoolAddress", "OntoPoolNode"}
+        assert all(s["Effect"] == "Allow" for s in statements.values())
+        find = statements["FindPoolAddresses"]
+        assert (find["Action"], find["Resource"]) == ("ec2:DescribeAddresses", "*")
+        assert find["Condition"] == {"StringEquals": {"aws:RequestedRegion": region}}
+        claim, onto = statements["ClaimPoolAddress"], statements["OntoPoolNode"]
+        assert claim["Action"] == onto["Action"] == "ec2:AssociateAddress"
+        assert claim["Resource"] == f"arn:aws:ec2:{region}:*:elastic-ip/*"
+        assert onto["Resource"] == [f"arn:aws:ec2:{region}:*:instance/*", f"arn:aws:ec2:{region}:*:network-interface/*"]
+        assert claim["Condition"] == onto["Condition"] == {"StringEquals": {"aws:ResourceTag/meshctl-pool": pool}}
+        # and the node's user data claims from that very pool
+        doc = yaml.safe_load(base64.b64decode(plain(lt["inputs"]["userData"])).decode())
+        assert doc["runcmd"][0] == [ADDRESS_CLAIMER, "--pool", pool]
+    assert len(pools) == len(templates), "one pool (and one role) per region"
+    assert len(of_type(result, "aws:iam/role:Role")) == len(of_type(result, "aws:iam/rolePolicy:RolePolicy")) == 3
+
+
+def test_aws_without_static_addresses_nodes_get_no_role_and_claim_nothing() -> None:
+    cfg = stack_config("aws")
+    cfg["meshctl-stacks:mesh"]["staticAddresses"] = False
+    result = run_program("dev-aws", cfg)
+    assert result["error"] is None, result.get("traceback")
+    assert not [r for r in result["resources"] if r["type"].startswith("aws:iam/") or r["type"] == "aws:ec2/eip:Eip"]
+    for lt in launch_templates(result).values():
+        assert "iamInstanceProfile" not in lt["inputs"], "no permissions at all without an address pool"
+        assert all("meshctl-pool" not in spec["tags"] for spec in lt["inputs"]["tagSpecifications"])
+        text = base64.b64decode(plain(lt["inputs"]["userData"])).decode()
+        assert "meshctl-claim-address" not in text
 
 
 # --- GCP ---------------------------------------------------------------------------------
@@ -387,6 +475,22 @@ def test_policy_pack_passes_on_each_clouds_program(program: tuple[str, dict[str,
     assert len([r for r in result["resources"] if not r["type"].startswith(("pulumi:", "meshctl:"))]) > 10
 
 
+@AWS
+def test_policy_pack_catches_a_node_role_widened_on_the_programs_graph(program: tuple[str, dict[str, Any]]) -> None:
+    import json
+
+    result = copy.deepcopy(only("aws", program))
+    policy = of_type(result, "aws:iam/rolePolicy:RolePolicy")[0]
+    document = json.loads(policy["inputs"]["policy"])
+    for statement in document["Statement"]:
+        if statement["Sid"] == "ClaimPoolAddress":
+            statement["Resource"] = "*"  # any address of the account: another pool's, or the controller's
+    policy["inputs"]["policy"] = json.dumps(document)
+    found = violations(result)
+    assert [(p, n) for p, n, _ in found] == [("role-policy-scoped", policy["name"])], found
+    assert "ClaimPoolAddress: ec2:AssociateAddress on ['*']" in found[0][2]
+
+
 # --- tags and labels from the providers, not threaded by hand ---------------------------------
 
 REQUIRED = ("mesh", "mesh-region", "environment")
@@ -403,7 +507,7 @@ def test_aws_required_tags_come_from_each_regions_provider_default_tags(program:
         provider = provider_of(result, r)
         assert provider is not None, f"{r['name']} uses the default provider (no default tags)"
         defaults = provider_defaults(result, r)
-        assert defaults["mesh-region"] == f"aws:{r['inputs']['region']}", "the provider of the resource's region"
+        assert defaults["mesh-region"] == f"aws:{aws_region(r)}", "the provider of the resource's region"
         own = r["inputs"].get("tags") or {}
         if isinstance(own, dict):  # not threaded by hand (Name and the pool tag are the resource's own)
             assert not set(own) & set(REQUIRED), (r["name"], own)
