@@ -293,8 +293,8 @@ class Views:
         return s.LinksOut(generated_at=ts(now), stale_after_s=self._weights.stale_after_s, links=links)
 
     def links_json(self, snap: Snapshot) -> bytes:
-        """`links_out` as its JSON, encoded by msgspec from the rows: 22,350 links in ~30 ms
-        instead of ~140 ms through the models (the dashboard polls it; a test checks both match)."""
+        """`links_out` as its JSON, encoded by msgspec from the rows: 2-4x faster than through the
+        models at 22,350 links (the dashboard polls it; a test checks both give the same bytes)."""
         now = self._clock()
         body = {
             "generated_at": ts(now),
