@@ -121,6 +121,8 @@ def network(driver: Any) -> dict[str, dict[str, Any]]:
 def by_endpoint(responses: dict[str, dict[str, Any]], base: str) -> dict[str, dict[str, Any]]:
     table: dict[str, dict[str, Any]] = defaultdict(lambda: {"n": 0, "n304": 0, "bytes": 0, "encoding": set()})
     for r in responses.values():
+        if not r["url"].startswith(base):
+            continue  # the browser's own pages (chrome://...), not the dashboard's
         path = r["url"].removeprefix(base).split("?")[0]
         t = table[path]
         t["n"] += 1
@@ -285,6 +287,13 @@ def main() -> None:
         driver.execute_script("document.querySelector('nav .tab[data-view=matrix]').click()")
         time.sleep(args.seconds)
         show(f"links view, {args.seconds:g} s", by_endpoint(network(driver), ctl.url), args.seconds)
+        renders = driver.execute_script("return performance.getEntriesByName('matrix').map(e => e.duration)")
+        if renders:
+            updates = sorted(renders[1:]) or [0.0]
+            print(
+                f"heatmap renders (the page's performance.measure): first {renders[0]:.0f} ms, then "
+                f"{len(renders) - 1} more: p50 {updates[len(updates) // 2]:.0f} ms, max {updates[-1]:.0f} ms"
+            )
 
         victim = next(iter(regions))
         driver.execute_script("document.querySelector('nav .tab[data-view=map]').click()")
@@ -298,6 +307,8 @@ def main() -> None:
         show("one drain and undrain, seen live", by_endpoint(network(driver), ctl.url), 60.0)
     finally:
         feeder.stop.set()
+        if feeder.is_alive():
+            feeder.join(timeout=60)  # a feed under way finishes before the controller stops
         if driver is not None:
             driver.quit()
         ctl.stop()

@@ -27,7 +27,7 @@ from meshctl.cli import output
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from meshctl.client import Client, MeshError
+    from meshctl.client import JsonClient, MeshError
 
 EXIT_ERROR, EXIT_USAGE, EXIT_MISSING_TOOL = 1, 2, 3
 EXIT_UNREACHABLE, EXIT_AUTH, EXIT_NOT_FOUND, EXIT_INVALID, EXIT_INTERRUPTED = 4, 5, 6, 7, 130
@@ -86,9 +86,9 @@ class State:
     token: str | None = None
     context: str | None = None
     output: Output = Output.table
-    _client: Client | None = None
+    _client: JsonClient | None = None
 
-    def client(self) -> Client:
+    def client(self) -> JsonClient:
         if self._client is None:
             # httpx imports its own command line (click, rich.progress, pygments: ~0.1 s) when
             # those are installed; meshctl never runs it. A None entry makes that import fail
@@ -98,14 +98,15 @@ class State:
             # async code under trio; the CLI is synchronous (its route watch uses asyncio).
             sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
             # pydantic looks for plugins in the entry points of every installed distribution
-            # (importlib.metadata: 15-30 ms) before its first model; a command that only decodes
-            # the controller's answers has no use for them. Commands calling the API start no
+            # (importlib.metadata: 15-30 ms) before its first model; the commands that build one
+            # (join-policies create) have no use for them. Commands calling the API start no
             # other process, so this stays in this one.
             os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-            from meshctl.client import Client, resolve  # httpx and pydantic only for commands that call the API
+            # httpx only for commands that call the API; the answers stay JSON (no pydantic)
+            from meshctl.client import JsonClient, resolve
 
             url, token, _ = resolve(self.controller, self.token, self.context)
-            self._client = Client(url, token)
+            self._client = JsonClient(url, token)
         return self._client
 
 

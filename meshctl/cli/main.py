@@ -38,7 +38,7 @@ from meshctl.cli.group import OUTPUT_HELP, RootGroup, _set_output
 from meshctl.cli.node import node_app
 
 if TYPE_CHECKING:
-    from meshctl.client import Client
+    from meshctl.client import JsonClient
 
 EPILOG = (
     "Exit codes: 0 ok, 1 error, 2 usage, 3 missing tool (pulumi), 4 controller unreachable, "
@@ -284,7 +284,7 @@ def matrix(ctx: typer.Context) -> None:
     """
     client = state(ctx).client()
     data = client.links()
-    regions = [r.id for r in client.regions()]
+    regions = [r["id"] for r in client.regions()]
     emit(ctx, data, lambda d: output.matrix_view(d["links"], regions, width=out().width))
 
 
@@ -416,9 +416,9 @@ def events(
         return  # Ctrl-C is how one stops following: a clean exit, status 0
 
 
-def _latest_event_id(client: Client) -> int:
+def _latest_event_id(client: JsonClient) -> int:
     newest = client.events(limit=1)
-    return newest[-1].id if newest else 0
+    return int(newest[-1]["id"]) if newest else 0
 
 
 def _print_event(st: State, e: dict[str, Any]) -> None:
@@ -450,11 +450,11 @@ def overlay_render(
     client = state(ctx).client()
     me = client.node(node)
     peers = client.peers(node)
-    prefix = peers.overlay_cidr.split("/")[1]
+    prefix = peers["overlay_cidr"].split("/")[1]
     text = render_wg_quick(
-        f"{me.overlay_ip}/{prefix}",
+        f"{me['overlay_ip']}/{prefix}",
         listen_port,
-        [PeerConf(p.public_key, p.endpoint, p.allowed_ips) for p in peers.peers],
+        [PeerConf(p["public_key"], p["endpoint"], p["allowed_ips"]) for p in peers["peers"]],
     )
     typer.echo(text, nl=False)
 

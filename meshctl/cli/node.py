@@ -16,17 +16,17 @@ import typer
 from meshctl.cli.common import EXIT_INVALID, EXIT_NOT_FOUND, emit, progress, state
 
 if TYPE_CHECKING:
-    from meshctl.client import Client
+    from meshctl.client import JsonClient
 
 node_app = typer.Typer(help="One node: drain, undrain.", no_args_is_help=True, rich_markup_mode=None)
 NODE_ID = re.compile(r"^n-[0-9a-f]{16}$")
 
 
-def resolve_node(client: Client, node: str) -> str:
+def resolve_node(client: JsonClient, node: str) -> str:
     """A node id from an id or a unique name; one line on stderr and exit 6 (none) or 7 (several)."""
     if NODE_ID.match(node):
         return node
-    found = [n.id for n in client.nodes() if n.name == node or n.id == node]
+    found = [n["id"] for n in client.nodes() if node in (n["name"], n["id"])]
     if len(found) == 1:
         return found[0]
     if not found:

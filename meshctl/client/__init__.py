@@ -34,7 +34,7 @@ from meshctl.client._errors import (
 from meshctl.client.config import DEFAULT_CONTROLLER, Config, ConfigError, config_path, resolve
 
 if TYPE_CHECKING:
-    from meshctl.client._client import AsyncClient, Client
+    from meshctl.client._client import AsyncClient, Client, JsonClient
     from meshctl.client._routes import AsyncRoutes, RouteTable, SyncRoutes
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "InvalidInput",
+    "JsonClient",
     "MeshError",
     "NotFound",
     "PayloadTooLarge",
@@ -65,6 +66,7 @@ __all__ = [
 _LAZY = {
     "Client": "meshctl.client._client",
     "AsyncClient": "meshctl.client._client",
+    "JsonClient": "meshctl.client._client",
     "RouteTable": "meshctl.client._routes",
     "SyncRoutes": "meshctl.client._routes",
     "AsyncRoutes": "meshctl.client._routes",

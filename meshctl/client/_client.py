@@ -1,8 +1,8 @@
 """`Client` (sync) and `AsyncClient`: the endpoints of `_endpoints`, sent with httpx.
 
-Both share everything but the send: request building lives in `Endpoints`, decoding and
-error mapping in `_finish`. The CLI and the lab use `Client`; services and the agent, which
-are async, use `AsyncClient`.
+All share everything but the send: request building lives in `Endpoints`, decoding and
+error mapping in `finish`. The lab uses `Client`, the CLI `JsonClient` (the answers as JSON, no
+pydantic); services and the agent, which are async, use `AsyncClient`.
 
 Start-up (the CLI makes one `Client` per command): the local route table (`routes`, with
 asyncio and threads) is made on first use, and a client of an `http://` controller loads no
@@ -11,6 +11,7 @@ certificate authorities (see `plain_http_tls`).
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -39,12 +40,17 @@ def unreachable(base_url: str, exc: Exception) -> Unreachable:
     return Unreachable(f"cannot reach the controller at {base_url} ({type(exc).__name__})", url=base_url)
 
 
-def finish(call: Call[T], resp: httpx.Response) -> T:
-    """The decoded body of a success, or the named error of a failure."""
+def check(resp: httpx.Response) -> None:
+    """Raise the named error of a failed answer."""
     if resp.status_code >= 400:
         raise from_response(
             resp.status_code, resp.content, resp.reason_phrase, str(resp.request.url), resp.request.headers
         )
+
+
+def finish(call: Call[T], resp: httpx.Response) -> T:
+    """The decoded body of a success, or the named error of a failure."""
+    check(resp)
     return call.decode(resp.content)
 
 
@@ -141,14 +147,16 @@ class Client(_Base):
             self._routes = SyncRoutes(self.base_url, auth_headers(self.token), self.timeout)
         return self._routes
 
-    def _run(self, call: Call[T]) -> T:
+    def _send(self, call: Call[Any]) -> httpx.Response:
         try:
-            resp = self._http.request(
+            return self._http.request(
                 call.method, call.path, params=call.params, json=call.json, timeout=_timeout(call)
             )
         except httpx.TransportError as exc:
             raise unreachable(self.base_url, exc) from exc
-        return finish(call, resp)
+
+    def _run(self, call: Call[T]) -> T:
+        return finish(call, self._send(call))
 
     def close(self) -> None:
         """Stop the route watch (if any) and close the connections."""
@@ -156,11 +164,22 @@ class Client(_Base):
             self._routes.stop()
         self._http.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self: C) -> C:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class JsonClient(Client):
+    """`Client` whose methods return the answers' JSON as the API sends it (dicts and lists), not
+    validated into wire models: what `meshctl` prints. It never imports pydantic or the models
+    (~80 ms of a command's start-up); errors are the same named `MeshError`s."""
+
+    def _run(self, call: Call[Any]) -> Any:
+        resp = self._send(call)
+        check(resp)
+        return json.loads(resp.content)
 
 
 class AsyncClient(_Base):

@@ -32,6 +32,7 @@ from meshctl.service import report_codec as codec
 from meshctl.service.auth import Principal, hash_token, new_id, new_secret
 from meshctl.service.batch import BatchWriter
 from meshctl.service.credentials import Credentials
+from meshctl.service.encoded import Encoded, SnapshotEncodings
 from meshctl.service.errors import Conflict, Forbidden, Invalid, Missing
 from meshctl.service.ingest import Ingest
 from meshctl.service.join import AttestedJoin
@@ -73,6 +74,7 @@ class Controller:
             settings, store, self.db, self.state, self.metrics, clock, self.leadership.writer_id, self.reload_config
         )
         self.views = Views(self.state, settings, self.weights, clock)
+        self.encodings = SnapshotEncodings()
         self.peer_book = PeerBook(self.state, self.views, settings, lambda: self.peer_generation)
         self.metrics.registry.register(PeerBookCollector(self.peer_book, self.state))
         self.credentials = Credentials(self.state, store, self.db, clock, self.kick)
@@ -470,6 +472,10 @@ class Controller:
     def links_out(self) -> s.LinksOut:
         return self.views.links_out(self._snapshot)
 
+    def links_json(self) -> bytes:
+        """`links_out()`'s JSON, made without the models (the dashboard's 150-region poll)."""
+        return self.views.links_json(self._snapshot)
+
     def weights_out(self) -> s.RoutingWeightsOut:
         return self.views.weights_out()
 
@@ -485,6 +491,16 @@ class Controller:
 
     def route_table_out(self) -> s.RouteTableOut:
         return self.views.route_table_out(self._snapshot)
+
+    def route_table_encoded(self) -> Encoded:
+        """The route table's JSON and gzip, made once per snapshot (every watcher asks at once)."""
+        return self.encodings.route_table(
+            self._snapshot, lambda snap: self.views.route_table_out(snap).model_dump_json().encode()
+        )
+
+    def links_etag(self) -> str:
+        """The links' entity tag: unchanged while their measurements and freshness are."""
+        return self.encodings.links_etag(self._snapshot, self.clock(), self.weights.stale_after_s)
 
     def placement(self, near: str | None, lat: float | None, lon: float | None) -> s.PlacementOut:
         return self.views.placement(near, lat, lon, self._snapshot)

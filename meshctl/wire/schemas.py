@@ -57,7 +57,14 @@ DrainScope = Literal["node", "region"]  # what drained a node: its own drain or 
 _NUMBERS = (int, float, int | None, float | None)
 
 
-class Strict(BaseModel):
+class Wire(BaseModel):
+    """Base of every body here: a model's validator is built on its first use (`defer_build`), so
+    a CLI command pays for the few bodies it reads, not for the whole contract at import."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class Strict(Wire):
     """Base for request bodies: unknown fields are an error, not silently dropped, and a number
     field takes a JSON number only (no "5" for 5, no false for 0; 1.0 is an integer, as in JSON
     Schema): what the schema says is what is accepted."""
@@ -73,7 +80,7 @@ class Strict(BaseModel):
         return value
 
 
-class Lenient(BaseModel):
+class Lenient(Wire):
     """Base for probe reports: unknown fields are an error, but numbers may come as strings (agents
     of every version send them; the hot path's decoder is held to exactly these rules)."""
 
@@ -97,14 +104,14 @@ class RegionIn(Strict):
     metro: str | None = Field(default=None, max_length=64, description="Metro key shared across clouds")
 
 
-class DrainInfo(BaseModel):
+class DrainInfo(Wire):
     kind: DrainKind
     reason: str
     since: datetime
     by: str | None = None
 
 
-class RegionHealth(BaseModel):
+class RegionHealth(Wire):
     observers_bad: int = 0
     observers_total: int = 0
     bad_windows: int = 0
@@ -113,7 +120,7 @@ class RegionHealth(BaseModel):
     reason: str | None = None
 
 
-class RegionOut(BaseModel):
+class RegionOut(Wire):
     id: RegionId
     cloud: str
     name: str | None
@@ -140,7 +147,7 @@ class TokenCreate(Strict):
     ttl_s: int | None = Field(default=None, ge=60, le=10 * 365 * 86400)
 
 
-class TokenOut(BaseModel):
+class TokenOut(Wire):
     id: str
     name: str
     scope: Scope
@@ -158,7 +165,7 @@ class JoinTokenCreate(Strict):
     uses: int = Field(default=1, ge=1, le=10_000)
 
 
-class JoinTokenOut(BaseModel):
+class JoinTokenOut(Wire):
     id: str
     region: RegionId
     expires_at: datetime
@@ -197,7 +204,7 @@ class JoinPolicyOut(JoinPolicyIn):
     created_at: datetime
 
 
-class JoinNonceOut(BaseModel):
+class JoinNonceOut(Wire):
     nonce: str = Field(description="For Azure's attested document; single use")
     expires_at: datetime
 
@@ -273,7 +280,7 @@ class NodeEndpointUpdate(Strict):
     endpoint: Endpoint
 
 
-class Peer(BaseModel):
+class Peer(Wire):
     node_id: str
     name: str
     region: RegionId
@@ -289,7 +296,7 @@ class Peer(BaseModel):
     )
 
 
-class NodeSelfState(BaseModel):
+class NodeSelfState(Wire):
     """The asking node's own state, in its peer list: a drain moves the peer generation, so the
     agent's long poll learns it at once (and answers 503 on its /healthz, runs its hooks)."""
 
@@ -302,14 +309,14 @@ class NodeSelfState(BaseModel):
     region_drain: DrainInfo | None = None
 
 
-class DataHop(BaseModel):
+class DataHop(Wire):
     """A data-plane path to a region: direct (no relay) or through one node of a relay region."""
 
     relay_region: RegionId | None = None
     relay_node: str | None = None
 
 
-class DataPath(BaseModel):
+class DataPath(Wire):
     """The path overlay traffic to `region` takes (the same both ways), and the precomputed backup
     (no relay or link in common with the primary) the agent switches to when the primary's next hop
     stops answering."""
@@ -321,7 +328,7 @@ class DataPath(BaseModel):
     note: str | None = None
 
 
-class PeerList(BaseModel):
+class PeerList(Wire):
     node_id: str
     generation: int
     overlay_cidr: str
@@ -337,7 +344,7 @@ class PeerList(BaseModel):
     )
 
 
-class NodeOut(BaseModel):
+class NodeOut(Wire):
     id: str
     name: str
     region: RegionId
@@ -357,7 +364,7 @@ class NodeOut(BaseModel):
     drained_by: DrainScope | None = None
 
 
-class NodeJoined(BaseModel):
+class NodeJoined(Wire):
     node_id: str
     node_token: str = Field(description="The node credential, shown once")
     overlay_ip: str
@@ -420,7 +427,7 @@ class ReportIn(Lenient):
         return self
 
 
-class ReportAck(BaseModel):
+class ReportAck(Wire):
     node_id: str
     seq: int
     accepted: bool = Field(description="Always true: a window (seq) already accepted is answered with 409")
@@ -429,7 +436,7 @@ class ReportAck(BaseModel):
 # --- links, routes, placement --------------------------------------------------------------
 
 
-class LinkOut(BaseModel):
+class LinkOut(Wire):
     src: RegionId
     dst: RegionId
     rtt_p50_ms: float
@@ -441,13 +448,13 @@ class LinkOut(BaseModel):
     fresh: bool
 
 
-class LinksOut(BaseModel):
+class LinksOut(Wire):
     generated_at: datetime
     stale_after_s: float
     links: list[LinkOut]
 
 
-class RoutingWeightsOut(BaseModel):
+class RoutingWeightsOut(Wire):
     loss_weight: float
     jitter_weight: float
     relay_penalty_ms: float
@@ -456,7 +463,7 @@ class RoutingWeightsOut(BaseModel):
     stale_after_s: float
 
 
-class RouteOut(BaseModel):
+class RouteOut(Wire):
     src: RegionId
     dst: RegionId
     path: list[RegionId]
@@ -467,7 +474,7 @@ class RouteOut(BaseModel):
     generation: int
 
 
-class RouteCandidate(BaseModel):
+class RouteCandidate(Wire):
     path: list[RegionId]
     rtt_ms: float | None
     cost: float | None
@@ -482,14 +489,14 @@ class RouteExplained(RouteOut):
     candidates: list[RouteCandidate]
 
 
-class RouteTableOut(BaseModel):
+class RouteTableOut(Wire):
     generation: int
     computed_at: datetime | None
     weights: RoutingWeightsOut
     routes: list[RouteOut]
 
 
-class PlacementCandidate(BaseModel):
+class PlacementCandidate(Wire):
     region: RegionId
     state: RegionState
     rtt_ms: float | None = None
@@ -497,7 +504,7 @@ class PlacementCandidate(BaseModel):
     note: str | None = None
 
 
-class PlacementOut(BaseModel):
+class PlacementOut(Wire):
     region: RegionId
     nodes: list[str] = Field(
         default_factory=list, description="The region's nodes that take new sessions (drained nodes left out)"
@@ -532,7 +539,7 @@ EventKind = Literal[
 ]
 
 
-class EventOut(BaseModel):
+class EventOut(Wire):
     id: int
     ts: datetime
     kind: EventKind
@@ -542,7 +549,7 @@ class EventOut(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-class HealthOut(BaseModel):
+class HealthOut(Wire):
     ok: bool
     store: Literal["up", "down"]
     leader: bool
@@ -550,7 +557,7 @@ class HealthOut(BaseModel):
     generation: int
 
 
-class ReplicaOut(BaseModel):
+class ReplicaOut(Wire):
     replica_id: str
     is_leader: bool
     generation: int
@@ -558,7 +565,7 @@ class ReplicaOut(BaseModel):
     seen_at: datetime | None = None
 
 
-class StatusOut(BaseModel):
+class StatusOut(Wire):
     generation: int
     computed_at: datetime | None
     recompute_age_s: float | None
@@ -613,7 +620,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
 SLUG_BY_STATUS: dict[int, str] = {status: slug for slug, (status, _) in reversed(PROBLEMS.items())}
 
 
-class FieldError(BaseModel):
+class FieldError(Wire):
     """One invalid input: where (`peers[0].sent`, a query parameter's name, `body`) and why."""
 
     field: str
@@ -621,7 +628,7 @@ class FieldError(BaseModel):
     code: str | None = Field(default=None, description="Machine-readable reason, e.g. greater_than_equal")
 
 
-class Problem(BaseModel):
+class Problem(Wire):
     """The body of every error response (RFC 9457), served as application/problem+json."""
 
     type: str = Field(pattern=r"^urn:meshctl:problem:[a-z-]+$", examples=["urn:meshctl:problem:not-found"])
@@ -679,20 +686,20 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return False
 
 
-class RouteChange(BaseModel):
+class RouteChange(Wire):
     src: RegionId
     dst: RegionId
     before: list[RegionId] | None
     after: list[RegionId] | None
 
 
-class PlacementChange(BaseModel):
+class PlacementChange(Wire):
     near: RegionId
     before: RegionId | None
     after: RegionId | None
 
 
-class DrainPreview(BaseModel):
+class DrainPreview(Wire):
     region: RegionId
     dry_run: bool = True
     already_drained: bool
@@ -701,7 +708,7 @@ class DrainPreview(BaseModel):
     summary: str
 
 
-class NodeDrainPreview(BaseModel):
+class NodeDrainPreview(Wire):
     node_id: str
     region: RegionId
     dry_run: bool = True
@@ -714,7 +721,7 @@ class NodeDrainPreview(BaseModel):
     summary: str
 
 
-class LinkHistoryPoint(BaseModel):
+class LinkHistoryPoint(Wire):
     """One bucket of a link's history; RTT figures over the window medians of the bucket (None
     when every window was lost). Hour buckets are rolled up from minutes (approximate)."""
 
@@ -728,7 +735,7 @@ class LinkHistoryPoint(BaseModel):
     samples: int = Field(description="Measurement windows in the bucket")
 
 
-class LinkHistoryOut(BaseModel):
+class LinkHistoryOut(Wire):
     src: RegionId
     dst: RegionId
     step: Literal["1m", "1h"]

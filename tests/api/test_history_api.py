@@ -18,8 +18,8 @@ from tests.conftest import ControllerProcess
 A, B, C = "aws:us-east-1", "gcp:europe-west1", "azure:westeurope"
 
 
-def _rows(now: float) -> list[Row]:
-    """A day of minutes and a week of hours for A -> B, RTT climbing; one lost minute."""
+def _rows(now: float, a: str = A, b: str = B) -> list[Row]:
+    """A day of minutes and a week of hours for a -> b, RTT climbing; one lost minute (5 minutes ago)."""
     minute, hour = int(now // 60) * 60, int(now // 3600) * 3600
     rows: list[Row] = []
     for k in range(1, 24 * 60):
@@ -27,12 +27,12 @@ def _rows(now: float) -> list[Row]:
         lost = k == 5
         rtt = 80.0 + k / 100
         rows.append(
-            (A, B, 60, at, None if lost else rtt - 1, None if lost else rtt, None if lost else rtt + 2,
+            (a, b, 60, at, None if lost else rtt - 1, None if lost else rtt, None if lost else rtt + 2,
              None if lost else rtt + 5, 100.0 if lost else 0.5, None if lost else 1.0, 12)
         )  # fmt: skip
     for k in range(1, 7 * 24):
-        rows.append((A, B, 3600, hour - 3600 * k, 70.0, 80.0 + k, 90.0 + k, 120.0, 0.25, 1.5, 720))
-    rows.append((B, A, 60, minute - 60, 79.0, 81.0, 83.0, 90.0, 0.0, 1.0, 12))
+        rows.append((a, b, 3600, hour - 3600 * k, 70.0, 80.0 + k, 90.0 + k, 120.0, 0.25, 1.5, 720))
+    rows.append((b, a, 60, minute - 60, 79.0, 81.0, 83.0, 90.0, 0.0, 1.0, 12))
     return rows
 
 

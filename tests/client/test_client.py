@@ -14,6 +14,7 @@ from meshctl.client import (
     Conflict,
     Forbidden,
     InvalidInput,
+    JsonClient,
     NotFound,
     Unauthorized,
     Unreachable,
@@ -88,6 +89,21 @@ def test_sync_client_returns_wire_models(mesh: ControllerProcess) -> None:
         node = c.nodes()[0]
         assert c.node(node.id).id == node.id and isinstance(c.peers(node.id), s.PeerList)
         assert c.healthz()["ok"] is True
+
+
+def test_json_client_answers_what_the_models_hold(mesh: ControllerProcess) -> None:
+    """The CLI's `JsonClient` gives the API's JSON as it is: the same data the typed client's
+    models dump, and the same named errors."""
+    with Client(mesh.url, mesh.admin_token) as typed, JsonClient(mesh.url, mesh.admin_token) as raw:
+        assert raw.regions() == [r.model_dump(mode="json") for r in typed.regions()]
+        assert raw.fetch_route(A, C) == typed.fetch_route(A, C).model_dump(mode="json")
+        assert raw.explain(A, C) == typed.explain(A, C).model_dump(mode="json")
+        node = typed.nodes()[0]
+        assert raw.peers(node.id) == typed.peers(node.id).model_dump(mode="json")
+        assert raw.region(A)["state"] == "active" and raw.healthz()["ok"] is True
+        with pytest.raises(NotFound) as missing:
+            raw.region("aws:mars-1")
+        assert missing.value.status == 404 and "unknown region 'aws:mars-1'" in missing.value.detail
 
 
 def test_events_long_poll(controller: ControllerProcess) -> None:

@@ -36,6 +36,7 @@ PUBLIC = {
     "Conflict",
     "Forbidden",
     "InvalidInput",
+    "JsonClient",
     "MeshError",
     "NotFound",
     "PayloadTooLarge",

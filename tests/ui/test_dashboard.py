@@ -10,11 +10,14 @@ line of the controller's log.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from meshctl.store.db import Store
+from tests.api.test_history_api import _rows as history_rows
 from tests.conftest import ControllerProcess
 from tests.ui.conftest import lab_topology, screenshot, token
 
@@ -41,9 +44,11 @@ def css(driver: Any, selector: str) -> list[Any]:
 
 
 def sign_in(driver: Any, mesh: ControllerProcess, secret: str) -> None:
+    # signed out, as a fresh tab: the storage is cleared on a page of the same origin that runs
+    # no dashboard script (on /ui/ itself, a sign-in under way could store its token again)
+    driver.get(f"{mesh.url}/healthz")
+    driver.execute_script("sessionStorage.clear()")
     driver.get(f"{mesh.url}/ui/")
-    driver.execute_script("sessionStorage.clear()")  # signed out: a fresh tab
-    driver.refresh()
 
     def sign_in_box(d: Any) -> Any:
         box = d.find_element(By.ID, "token")
@@ -81,6 +86,18 @@ def texts(driver: Any, selector: str, attr: str = "textContent") -> list[str]:
             ".map(e => e[arguments[1]] || e.getAttribute(arguments[1]) || '')",
             selector,
             attr,
+        )
+    )
+
+
+def points(driver: Any, line: str) -> int:
+    """How many points the history chart's `line` (p50, p90) draws, over all its runs."""
+    return int(
+        js(
+            driver,
+            "return [...document.querySelectorAll('#history-svg polyline.' + arguments[0])]"
+            ".reduce((n, e) => n + e.getAttribute('points').trim().split(/\\s+/).length, 0)",
+            line,
         )
     )
 
@@ -165,6 +182,39 @@ def test_reader_sees_the_mesh_live(mesh: ControllerProcess, browser: Any) -> Non
         with mesh.client() as c:
             c.delete(f"/v1/regions/{VICTIM}/drain")
     wait(browser, lambda d: region_state(d, VICTIM) == "active", "the region back to active")
+
+
+def test_link_history_chart_from_the_heatmap(mesh: ControllerProcess, browser: Any) -> None:
+    """A heatmap cell opens its link's history: p50 and p90 lines over the last hour with a gap and
+    a loss bar where a minute was lost, and a week of hourly buckets at a click."""
+    src, dst = "aws:us-east-1", "gcp:europe-west2"
+    store = Store(mesh.database_url)
+    try:
+        now = time.time()
+        store.history.write(history_rows(now, src, dst), None, now)  # a day of minutes, a week of hours
+    finally:
+        store.close()
+    sign_in(browser, mesh, token(mesh, "reader"))
+    browser.find_element(By.CSS_SELECTOR, 'nav .tab[data-view="matrix"]').click()
+    cell = f'#matrix td.pick[data-src="{src}"][data-dst="{dst}"]'
+    wait(browser, lambda d: css(d, cell), "the measured cell")[0].click()
+    wait(
+        browser,
+        lambda d: len(css(d, "#history-svg polyline.p50")) >= 2,
+        "the hour's p50 line, broken at the lost minute",
+    )
+    assert browser.find_element(By.ID, "history-title").text == f"{src} → {dst}: last hour"
+    assert "buckets of 1m" in browser.find_element(By.ID, "history-note").text
+    assert points(browser, "p50") >= 50, "about a point a minute"
+    assert css(browser, "#history-svg polyline.p90") and css(browser, "#history-svg rect.loss"), "p90 and the loss bar"
+    screenshot(browser, "history")
+
+    browser.find_element(By.CSS_SELECTOR, '#history .range[data-range="week"]').click()
+    wait(browser, lambda d: "buckets of 1h" in d.find_element(By.ID, "history-note").text, "the week, hourly")
+    assert browser.find_element(By.ID, "history-title").text == f"{src} → {dst}: last week"
+    assert points(browser, "p50") >= 100, "a week of hours"
+    browser.find_element(By.ID, "history-close").click()
+    wait(browser, lambda d: not d.find_element(By.ID, "history").is_displayed(), "the chart closed")
 
 
 def test_operator_drains_and_undrains_from_the_page(mesh: ControllerProcess, browser: Any) -> None:

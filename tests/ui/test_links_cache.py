@@ -87,3 +87,29 @@ def test_links_answer_304_while_unchanged_and_gzip(controller: ControllerProcess
             return any(not x["fresh"] for x in r.json()["links"])
 
         controller.wait_for(went_stale, timeout=STALE_AFTER_S + 15, what="a new answer when links go stale")
+
+
+def test_events_gzip_for_clients_that_accept_it(controller: ControllerProcess) -> None:
+    """The dashboard's event timeline: gzip when accepted (the route changes make pages large),
+    the same events as the plain answer; a small answer stays as it is."""
+    for region in REGIONS:
+        controller.add_region(region)
+    controller.feed_links(rtts())
+    headers = {"Authorization": f"Bearer {controller.admin_token}"}
+    url = f"{controller.url}/v1/events?limit=1000"
+
+    def enough() -> httpx.Response | None:
+        r = httpx.get(url, headers={**headers, "Accept-Encoding": "identity"})
+        return r if len(r.content) > 4000 else None
+
+    plain = controller.wait_for(enough, what="a page of events over 4 kB")
+    assert "content-encoding" not in plain.headers
+    zipped = httpx.get(url, headers={**headers, "Accept-Encoding": "gzip"})
+    assert zipped.headers["content-encoding"] == "gzip" and "accept-encoding" in zipped.headers["vary"].lower()
+    assert int(zipped.headers["content-length"]) < len(plain.content) / 2
+    ids = [e["id"] for e in plain.json()]
+    assert [e["id"] for e in zipped.json()][: len(ids)] == ids  # httpx decodes it: the same events
+    # the controller's own leader event: a few hundred bytes, sent as they are
+    small = httpx.get(f"{url[:-4]}1&kind=leader", headers={**headers, "Accept-Encoding": "gzip"})
+    assert small.status_code == 200 and len(small.json()) == 1 and len(small.content) < 1400
+    assert "content-encoding" not in small.headers

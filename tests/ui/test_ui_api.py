@@ -46,6 +46,16 @@ def test_files_headers_and_caching(controller: ControllerProcess) -> None:
             assert "content-security-policy" in asset.headers
         assert len(c.get("/ui/land.svg").content) < 100_000
 
+        # gzipped for browsers that accept it, each encoding with its own strong tag
+        zipped = c.get("/ui/app.js", headers={"Accept-Encoding": "gzip"})
+        plain = c.get("/ui/app.js", headers={"Accept-Encoding": "identity"})
+        assert zipped.headers["content-encoding"] == "gzip" and "content-encoding" not in plain.headers
+        assert int(zipped.headers["content-length"]) < len(plain.content) / 2 and zipped.content == plain.content
+        assert zipped.headers["etag"] != plain.headers["etag"] and "accept-encoding" in zipped.headers["vary"].lower()
+        again = {"If-None-Match": zipped.headers["etag"]}
+        assert c.get("/ui/app.js", headers={**again, "Accept-Encoding": "gzip"}).status_code == 304
+        assert c.get("/ui/app.js", headers={**again, "Accept-Encoding": "identity"}).status_code == 200
+
         for bad in ("/ui/nope.js", "/ui/..%2Fapp.py", "/ui/%2E%2E/routers/ui.py", "/ui/__init__.py"):
             assert c.get(bad).status_code == 404, bad
 

@@ -542,6 +542,8 @@ def test_a_node_whose_clock_runs_90s_fast_keeps_its_region_healthy(tmp_path: Pat
             assert ctl.snapshot.states[C] == "active" and not ctl.snapshot.drained
             assert replica.route(A, C)["path"] == [A, B, C]  # C's links are fresh: routes use them
             assert ctl.links_out().links and all(lk.fresh for lk in ctl.links_out().links)
+            assert s.LinksOut.model_validate_json(ctl.links_json()) == ctl.links_out()  # the fast path says the same
+            assert ctl.links_json() == ctl.links_out().model_dump_json().encode()  # byte for byte
             skew = await ctl.events(None, 10, 0, kind="clock_skew")
             assert len(skew) == 1 and skew[0].node_id == mesh.nodes[C].id and skew[0].data["skewed"]
             assert "mesh_node_clock_offset_seconds" in metrics_text(ctl)

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
-import gzip
-import hashlib
-import pickle
-import weakref
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -16,9 +10,9 @@ from starlette.routing import Route
 from meshctl.api.deps import Ctl, Reader, bearer
 from meshctl.api.params import RegionPath, RegionQuery, parse_bool
 from meshctl.api.problems import AUTH, problem_responses, service_error_response
+from meshctl.api.responses import json_answer
 from meshctl.service.controller import Controller
 from meshctl.service.errors import Forbidden, Invalid, ServiceError
-from meshctl.service.snapshot import Snapshot
 from meshctl.wire import schemas as s
 
 router = APIRouter(prefix="/v1", tags=["routes"])
@@ -34,62 +28,6 @@ LINKS_ETAG_HEADERS: dict[str, Any] = {
         "schema": {"type": "string"},
     },
 }
-GZIP_MIN_BYTES = 1400  # smaller answers fit a packet as they are
-GZIP_LEVEL = 4  # 150 regions: 3.6 MB of links in ~25 ms to ~9%; level 9 saves little more for 4x the time
-
-
-@dataclass(frozen=True, slots=True)
-class _LinksTag:
-    digest: str
-    updated: list[float]  # every link's updated_at, sorted: how many are fresh at a time
-
-
-_links_tags: weakref.WeakKeyDictionary[Snapshot, _LinksTag] = weakref.WeakKeyDictionary()
-
-
-def links_etag(snap: Snapshot, now: float, stale_after_s: float) -> str:
-    """`"l<digest>-<fresh>"`: the same for two answers that differ only in the links' ages.
-
-    The digest covers every link's measurements and time (made once per snapshot, ~10 ms at
-    150 regions); `fresh` is how many are fresh at `now`. Within one snapshot that count only
-    falls as time passes, so it names the fresh set exactly. Sent weak (`W/`): a 304 means
-    "your copy holds these measurements", its `age_s` being as of its `generated_at`.
-    """
-    tag = _links_tags.get(snap)
-    if tag is None:
-        raw = pickle.dumps(tuple(snap.links.values()), protocol=5)
-        updated = sorted(link.updated_at for link in snap.links.values())
-        tag = _LinksTag(hashlib.blake2b(raw, digest_size=9).hexdigest(), updated)
-        _links_tags[snap] = tag
-    fresh = len(tag.updated) - bisect.bisect_left(tag.updated, now - stale_after_s)
-    return f'"l{tag.digest}-{fresh}-{stale_after_s:g}"'
-
-
-def accepts_gzip(request: Request) -> bool:
-    return "gzip" in request.headers.get("accept-encoding", "")
-
-
-def json_answer(body: bytes, request: Request, headers: dict[str, str], gzipped: bytes | None = None) -> Response:
-    """JSON, gzipped when the client accepts it and it is worth it (a 150-region answer is MBs);
-    `gzipped`: the body already compressed."""
-    if len(body) >= GZIP_MIN_BYTES and accepts_gzip(request):
-        body = gzipped if gzipped is not None else gzip.compress(body, compresslevel=GZIP_LEVEL)
-        headers = {**headers, "Content-Encoding": "gzip"}
-    return Response(body, media_type="application/json", headers={**headers, "Vary": "Accept-Encoding"})
-
-
-_route_tables: weakref.WeakKeyDictionary[Snapshot, tuple[bytes, bytes]] = weakref.WeakKeyDictionary()
-
-
-def route_table_bytes(ctl: Controller) -> tuple[bytes, bytes]:
-    """The route table's JSON and its gzip, made once per snapshot (every watching client and
-    dashboard asks for the same table when a generation changes: 3.6 MB at 150 regions)."""
-    snap = ctl.snapshot
-    cached = _route_tables.get(snap)
-    if cached is None:
-        body = ctl.route_table_out().model_dump_json().encode()
-        cached = _route_tables[snap] = (body, gzip.compress(body, compresslevel=GZIP_LEVEL))
-    return cached
 
 
 @router.get(
@@ -113,11 +51,11 @@ async def links(
     their freshness are the same (ages aside: each answer's `age_s` is as of its `generated_at`).
     Answers are gzipped for clients that accept it.
     """
-    tag = links_etag(ctl.snapshot, ctl.clock(), ctl.weights.stale_after_s)
+    tag = ctl.links_etag()
     headers = {"ETag": f"W/{tag}"}
     if s.etag_matches(if_none_match, tag):
         return Response(status_code=304, headers=headers)
-    return json_answer(ctl.links_out().model_dump_json().encode(), request, headers)
+    return json_answer(ctl.links_json(), request, headers)
 
 
 @router.get(
@@ -151,8 +89,7 @@ async def routes(
     etag = s.routes_etag(ctl.snapshot.generation)
     if s.etag_matches(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
-    body, gzipped = route_table_bytes(ctl)
-    return json_answer(body, request, {"ETag": etag}, gzipped)
+    return json_answer(ctl.route_table_encoded(), request, {"ETag": etag})
 
 
 @router.get(

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from meshctl.api.deps import Ctl, Reader
 from meshctl.api.problems import AUTH, problem_responses
-from meshctl.api.routers.routes import json_answer
+from meshctl.api.responses import json_answer
 from meshctl.wire import schemas as s
 
 router = APIRouter(tags=["system"])
@@ -40,4 +40,4 @@ async def metrics(ctl: Ctl) -> Response:
 async def status(ctl: Ctl, _: Reader, request: Request) -> Response:
     """The one-screen status: generation, regions by state, nodes, leader, replicas, alerts
     (gzipped for clients that accept it: the dashboard asks every 3 s)."""
-    return json_answer(ctl.status().model_dump_json().encode(), request, {})
+    return json_answer(ctl.status().model_dump_json().encode(), request)
