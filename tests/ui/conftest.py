@@ -48,17 +48,23 @@ def lab_topology() -> tuple[list[str], dict[tuple[str, str], float]]:
     return list(topo["regions"]), rtts
 
 
+def add_lab_regions(ctl: ControllerProcess) -> dict[tuple[str, str], float]:
+    """The lab's nine regions at their catalogue coordinates; returns the lab's RTTs between them."""
+    regions, rtts = lab_topology()
+    for rid in regions:
+        info = lookup(rid)
+        assert info is not None, rid
+        ctl.add_region(rid, info.lat, info.lon, info.metro)
+    return rtts
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
     """One controller for the module (each test leaves the regions as it found them)."""
     tmp = tmp_path_factory.mktemp("ui")
     ctl = ControllerProcess(f"sqlite:///{tmp / 'controller.db'}", tmp).start()
     try:
-        regions, rtts = lab_topology()
-        for rid in regions:
-            info = lookup(rid)
-            assert info is not None, rid
-            ctl.add_region(rid, info.lat, info.lon, info.metro)
+        rtts = add_lab_regions(ctl)
         ctl.feed_links(rtts)
         ctl.wait_for(
             lambda: any(len(r["path"]) > 2 for r in ctl.client().get("/v1/routes").json()["routes"]),

@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from meshctl.core.catalog import lookup
 from meshctl.lab.lab import CONTROLLER_ENV
 from tests.conftest import ControllerProcess
-from tests.ui.conftest import lab_topology, screenshot, token
+from tests.ui.conftest import add_lab_regions, screenshot, token
 from tests.ui.test_dashboard import dots, region_state, sign_in, texts, wait
 
 pytest.importorskip("selenium")
@@ -52,12 +51,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControllerP
     ctl = ControllerProcess(f"sqlite:///{tmp / 'controller.db'}", tmp, env=env).start()
     feeder: Feeder | None = None
     try:
-        regions, rtts = lab_topology()
-        for rid in regions:
-            info = lookup(rid)
-            assert info is not None, rid
-            ctl.add_region(rid, info.lat, info.lon, info.metro)
-        feeder = Feeder(ctl, rtts)
+        feeder = Feeder(ctl, add_lab_regions(ctl))
         feeder.feed()
         feeder.start()
         yield ctl, feeder
