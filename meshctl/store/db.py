@@ -5,12 +5,12 @@ one code path serves SQLite (embedded default) and PostgreSQL (psycopg 3, severa
 Writes that a client is told about (drains, registrations, tokens, reports) are committed
 before the call returns.
 
-Some 1,150 lines on purpose: one class, because many writes span tables in one transaction (a
+Some 1,170 lines on purpose: one class, because many writes span tables in one transaction (a
 join spends a token or a nonce, takes an instance identity, allocates an address, adds the node,
 bumps a counter and records an event; a drain checks the lease fence, writes the drain and its
 event; both notify followers in the same transaction). Split by table, each of those
 transactions would be spread over several modules. What stands apart already lives apart
-(`history.py`: link rollups, written and read on their own); the next candidates are the lease,
+(`history.py`: link rollups; `reports.py`: the packed report windows); the next candidates are the lease,
 route-table and heartbeat methods (the leader's side), which share only `_tx` and `_notify`.
 """
 
