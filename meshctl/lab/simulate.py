@@ -16,7 +16,7 @@ What it measures is in `Result`; `meshctl lab simulate` shows it live, `bench.be
 it (and one JSON line). One simulator process: its own CPU and how late it sent windows are in
 the result (`sim_cpu_percent`, `sim_lag_p99_ms`), so a run that could not keep up says so.
 
-About 775 lines as one module because most of it is `Simulation`, one run's shared state (fleet,
+Over 500 lines as one module because most of it is `Simulation`, one run's shared state (fleet,
 schedule, counters) and the tasks that read it; it would split first at the measuring side (the
 /proc, database and /metrics readers, and the summary) into their own module.
 """
@@ -44,8 +44,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import msgspec
 
 from meshctl.client import AsyncClient
 from meshctl.core.catalog import lookup
@@ -208,13 +206,6 @@ class RawConn:
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
-
-
-class _Joined(msgspec.Struct):
-    """What a synthetic node keeps of `POST /v1/nodes`'s answer (the rest is skipped)."""
-
-    node_id: str
-    node_token: str
 
 
 # --- the controller process ----------------------------------------------------------------
@@ -443,57 +434,23 @@ class Simulation:
 
         done = [0]
 
-        # A real agent decodes its peer list (every other node) on its own machine; this process
-        # plays 3,000 of them on the controller's, so it reads each answer (~1 MB at 3,000 nodes)
-        # off a keep-alive connection as bytes and decodes only what it keeps (a C decoder that
-        # still checks the whole body), lest its own HTTP client be what the join rate measures.
-        decode = msgspec.json.Decoder(_Joined).decode
-        conns: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
-        for _ in range(8):  # 8 joins in flight
-            conns.put_nowait(await asyncio.open_connection(self.host, self.port))
-
-        async def post(body: bytes) -> tuple[int, bytes]:
-            head = (
-                f"POST /v1/nodes HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
-            )
-            reader, writer = await conns.get()
-            try:
-                writer.write(head.encode() + body)
-                status = int((await reader.readline()).split()[1])
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                return status, await reader.readexactly(length)
-            finally:
-                conns.put_nowait((reader, writer))
-
         async def one(n: SimNode) -> None:
             if interval:
                 await asyncio.sleep(max(0.0, t0 + n.index * interval - time.monotonic()))
-            body = {
-                "join_token": str(tokens[n.region].token),
-                "region": self.regions[n.region],
-                "name": f"sim-{n.index}",
-                "public_key": base64.b64encode(n.index.to_bytes(32, "big")).decode(),
-                "endpoint": f"192.0.2.{n.index % 250 + 1}:51820",
-            }
-            status, data = await post(json.dumps(body).encode())
-            if status != 201:
-                raise SimError(f"join of sim-{n.index}: {status} {data[:300]!r}")
-            joined = decode(data)
+            async with sem:
+                joined = await c.join_node(
+                    join_token=str(tokens[n.region].token),
+                    region=self.regions[n.region],
+                    name=f"sim-{n.index}",
+                    public_key=base64.b64encode(n.index.to_bytes(32, "big")).decode(),
+                    endpoint=f"192.0.2.{n.index % 250 + 1}:51820",
+                )
             n.node_id, n.token = joined.node_id, joined.node_token
             done[0] += 1
             if done[0] % max(1, len(self.nodes) // 5) == 0 and done[0] < len(self.nodes):
                 self.say(f"joined {done[0]}/{len(self.nodes)} ({done[0] / (time.monotonic() - t0):.0f}/s)")
 
-        try:
-            await asyncio.gather(*(one(n) for n in self.nodes))
-        finally:
-            while not conns.empty():
-                conns.get_nowait()[1].close()
+        await asyncio.gather(*(one(n) for n in self.nodes))
         return time.monotonic() - t0
 
     async def metrics_text(self, ctl: Controller) -> str:
