@@ -44,7 +44,7 @@ from meshctl.service.state import MeshState, check_region_id
 from meshctl.service.views import Views, ts
 from meshctl.settings import Settings
 from meshctl.store.db import JoinRefused, JoinRequest, NotFound, Store
-from meshctl.store.values import Node, PublishedTable, Region, Token
+from meshctl.store.values import Drain, Node, PublishedTable, Region, Token
 from meshctl.wire import schemas as s
 
 T = TypeVar("T")
@@ -252,10 +252,13 @@ class Controller:
         return self.region_out(region), created
 
     async def drain(self, region_id: str, reason: str, by: str) -> s.RegionOut:
+        """Drain a region: its agents' long polls are answered at once (one store write first, no
+        reload), then the routes move around it."""
         region = self.get_region(region_id)
-        self.state.put_drain(await self.db(self.store.set_drain, region_id, "manual", reason, by, self.clock()))
+        drain, gen = await self.db(self.store.set_drain, region_id, "manual", reason, by, self.clock())
+        await self.drain_stored(drain, gen)
         self.metrics.events.labels("drain").inc()
-        await self.reload_config()
+        await self.reload_config()  # (a region or token another replica changed meanwhile)
         await self.recompute_now()
         return self.region_out(region)
 
@@ -263,12 +266,23 @@ class Controller:
         region = self.get_region(region_id)
         if region_id not in self.state.drains:
             raise Conflict(f"region {region_id} is not drained", field="region")
-        await self.db(self.store.remove_drain, region_id, f"undrained by {by}", by, self.clock())
-        self.state.drop_drain(region_id)
-        self.metrics.events.labels("undrain").inc()
+        gen = await self.db(self.store.remove_drain, region_id, f"undrained by {by}", by, self.clock())
+        if gen is not None:  # (None: another replica lifted it first; the reload below shows that)
+            await self.undrain_stored(region_id, gen)
+            self.metrics.events.labels("undrain").inc()
         await self.reload_config()
         await self.recompute_now()
         return self.region_out(region)
+
+    async def drain_stored(self, drain: Drain, peer_generation: int) -> None:
+        """A region drain the store took (ours or the loop's): in place, and the long polls woken."""
+        self._forget(await self.state.put_drain(drain, peer_generation))
+        await self.notify()
+
+    async def undrain_stored(self, region_id: str, peer_generation: int) -> None:
+        """A region drain the store lifted (see `drain_stored`)."""
+        self._forget(await self.state.drop_drain(region_id, peer_generation))
+        await self.notify()
 
     async def drain_node(self, node_id: str, reason: str, by: str) -> s.NodeOut:
         """Drain one node: no new sessions, no relaying; its agent learns it by its peer long poll."""

@@ -239,16 +239,23 @@ class ControlLoop:
         for ev in events:
             if ev.kind == "drain" and ev.region is not None:
                 try:
-                    await ctl.db(ctl.store.set_drain, ev.region, "auto", ev.reason, "controller", now, fence)
+                    drain, gen = await ctl.db(
+                        ctl.store.set_drain, ev.region, "auto", ev.reason, "controller", now, fence
+                    )
                 except StoreError:
                     ctl.leadership.step_down("lease lost while draining")
                     return
+                await ctl.drain_stored(drain, gen)  # the region's agents hear it now, not after this tick
             elif ev.kind == "undrain" and ev.region is not None:
                 try:
-                    await ctl.db(ctl.store.remove_drain, ev.region, ev.reason, "controller", now, fence, "auto")
+                    lifted = await ctl.db(
+                        ctl.store.remove_drain, ev.region, ev.reason, "controller", now, fence, "auto"
+                    )
                 except StoreError:
                     ctl.leadership.step_down("lease lost while undraining")
                     return
+                if lifted is not None:
+                    await ctl.undrain_stored(ev.region, lifted)
             else:
                 await ctl.db(ctl.store.add_event, now, ev.kind, ev.reason, ev.region)
             ctl.metrics.events.labels(ev.kind).inc()

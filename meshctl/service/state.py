@@ -203,13 +203,20 @@ class MeshState:
     def put_region(self, region: Region) -> None:
         self.regions[region.id] = region
 
-    def put_drain(self, drain: Drain) -> None:
-        self.drains[drain.region] = drain
-        self.drain_version += 1
+    async def put_drain(self, drain: Drain, peer_generation: int) -> set[str]:
+        """A region drain this replica set, at `peer_generation`: in place at once (its nodes'
+        long polls wake on it, no reload first). The ids of nodes that left meanwhile."""
+        async with self._turns:
+            self.drains[drain.region] = drain
+            self.drain_version += 1
+            return await self._caught_up_to(peer_generation)
 
-    def drop_drain(self, region_id: str) -> None:
-        self.drains.pop(region_id, None)
-        self.drain_version += 1
+    async def drop_drain(self, region_id: str, peer_generation: int) -> set[str]:
+        """A region drain this replica lifted, at `peer_generation` (see `put_drain`)."""
+        async with self._turns:
+            self.drains.pop(region_id, None)
+            self.drain_version += 1
+            return await self._caught_up_to(peer_generation)
 
     async def put_node_drain(self, drain: NodeDrain, peer_generation: int) -> set[str]:
         async with self._turns:

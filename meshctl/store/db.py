@@ -359,8 +359,9 @@ class Store:
 
     def set_drain(
         self, region: str, kind: str, reason: str, by: str | None, now: float, fence: Fence | None = None
-    ) -> Drain:
-        """Drain a region (manual, or automatic under the leader's fence) and record why."""
+    ) -> tuple[Drain, int]:
+        """Drain a region (manual, or automatic under the leader's fence) and record why: the drain
+        and the peer generation it moved to (its nodes' peer lists say drained)."""
         with self._tx() as s:
             if fence is not None and not self._holds(s, fence, now):
                 raise StoreError("lease lost: automatic drain refused")
@@ -372,8 +373,8 @@ class Store:
                 row.kind, row.reason, row.by = kind, reason, by
             self._event(s, now, "drain", reason, region=region, data={"kind": kind, "by": by})
             self._bump(s, "config_version")
-            self._bump(s, "peer_generation")  # the region's nodes' peer lists say drained: long polls wake
-            return Drain.of(row)
+            gen = self._bump(s, "peer_generation")  # the region's nodes' peer lists say drained: long polls wake
+            return Drain.of(row), gen
 
     def remove_drain(
         self,
@@ -383,18 +384,19 @@ class Store:
         now: float,
         fence: Fence | None = None,
         only_kind: str | None = None,
-    ) -> bool:
+    ) -> int | None:
+        """Lift a region's drain (only one of `only_kind`, if given): the peer generation it moved
+        to, or None when there was none to lift."""
         with self._tx() as s:
             if fence is not None and not self._holds(s, fence, now):
                 raise StoreError("lease lost: automatic undrain refused")
             row = s.get(DrainRow, region)
             if row is None or (only_kind is not None and row.kind != only_kind):
-                return False
+                return None
             s.delete(row)
             self._event(s, now, "undrain", reason, region=region, data={"kind": row.kind, "by": by})
             self._bump(s, "config_version")
-            self._bump(s, "peer_generation")
-            return True
+            return self._bump(s, "peer_generation")
 
     # --- node drains ---------------------------------------------------------------------
 
