@@ -332,6 +332,10 @@ class Store:
         for attempt in range(_RETRIES):
             try:
                 with self._tx() as s:
+                    # the counter's row lock first: concurrent registrations queue here instead of
+                    # reading the same max(ordinal) and colliding (150 at once on PostgreSQL ran
+                    # out of retries and answered 500)
+                    self._bump(s, "config_version")
                     row = s.get(RegionRow, region_id)
                     created = row is None
                     if row is None:
@@ -350,7 +354,6 @@ class Store:
                         self._event(s, now, "region_added", f"region {region_id} added", region=region_id)
                     else:
                         row.cloud, row.name, row.lat, row.lon, row.metro = cloud, name, lat, lon, metro
-                    self._bump(s, "config_version")
                     s.flush()
                     return Region.of(row), created
             except IntegrityError:
