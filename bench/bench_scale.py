@@ -6,9 +6,13 @@ both cores, route-query p99 < 20 ms, ingestion >= 0.5 of the same server's GET /
 The simulator (one asyncio process) is `meshctl.lab.simulate`; `meshctl lab simulate` shows it live.
 
     .venv/bin/python -m bench.bench_scale --regions 150 --nodes-per-region 20 --duration 60 \
-        [--fault dark:3@20] [--database-url postgresql+psycopg://...] [-o json]
+        [--fault dark:3@20] [--database-url postgresql://...] [--replicas 1,3] [-o json]
 
 With `-o json` the last line is one JSON object (every figure below, by the keys of `simulate`).
+On PostgreSQL each run gets a fresh database on the given server (dropped after it). `--replicas
+1,3` runs the same fleet on 1 and then 3 replicas (each node reports to one of them, as behind a
+load balancer) and prints how ingestion scaled: accepted reports/s, and the controllers' CPU per
+report, of the last run against the first (`scaling` in the JSON line, with every run under `runs`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from meshctl.lab.simulate import SimConfig, SimError, simulate, summary
 
@@ -32,10 +37,24 @@ def add_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--database-url", default=None, help="default: SQLite in a new temporary directory")
     ap.add_argument("--connections", type=int, default=32, help="keep-alive connections for the reports")
     ap.add_argument("--route-qps", type=float, default=20.0, help="GET /v1/routes/{src}/{dst} per second")
+    ap.add_argument(
+        "--replicas", default="1", help="controllers on one PostgreSQL store; a list (1,3) runs each in turn"
+    )
 
 
-def config(args: argparse.Namespace) -> SimConfig:
+def replica_counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SimError(f"--replicas {text!r}: a count or a list of counts (1,3)") from None
+    if not counts or min(counts) < 1:
+        raise SimError(f"--replicas {text!r}: counts of at least 1")
+    return counts
+
+
+def config(args: argparse.Namespace, replicas: int = 1) -> SimConfig:
     return SimConfig(
+        replicas=replicas,
         regions=args.regions,
         nodes_per_region=args.nodes_per_region,
         duration_s=args.duration,
@@ -56,13 +75,42 @@ def main() -> None:
     ap.add_argument("-o", "--output", choices=["text", "json"], default="text")
     args = ap.parse_args()
     try:
-        result = simulate(config(args), say=lambda line: print(line, flush=True))
+        runs = []
+        for replicas in replica_counts(args.replicas):
+            result = simulate(config(args, replicas), say=lambda line: print(line, flush=True))
+            print()
+            print("\n".join(summary(result)))
+            print()
+            runs.append(result)
     except SimError as exc:
         sys.exit(f"bench_scale: {exc}")
-    print()
-    print("\n".join(summary(result)))
+    if len(runs) > 1:
+        result = {**runs[-1], "runs": runs, "scaling": scaling(runs[0], runs[-1])}
+        print(scaling_line(result["scaling"]))
     if args.output == "json":
         print(json.dumps(result))
+
+
+def scaling(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """How ingestion scaled from the first run to the last: accepted reports/s, and the
+    controllers' CPU per accepted report (all replicas together)."""
+    return {
+        "replicas": [first["replicas"], last["replicas"]],
+        "reports_per_s": [first["reports_per_s"], last["reports_per_s"]],
+        "ratio": round(last["reports_per_s"] / first["reports_per_s"], 2) if first["reports_per_s"] else None,
+        "report_cpu_ms": [first["report_cpu_ms"], last["report_cpu_ms"]],
+        "offered_reports_per_s": [first["offered_reports_per_s"], last["offered_reports_per_s"]],
+        "lost": [first["lost"], last["lost"]],
+    }
+
+
+def scaling_line(s: dict[str, Any]) -> str:
+    (a, b), (ra, rb) = s["replicas"], s["reports_per_s"]
+    ca, cb = s["report_cpu_ms"]
+    return (
+        f"ingestion with replicas: {a} -> {b}: {ra} -> {rb} reports/s accepted (ratio {s['ratio']}; offered"
+        f" {s['offered_reports_per_s'][1]}/s), CPU per report {ca} -> {cb} ms, lost {s['lost']}"
+    )
 
 
 if __name__ == "__main__":

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_048_576
     report_max_future_s: float = 60.0
     report_max_age_s: float = 3600.0
+    # a stored window's numbers are kept this long after it was received: other replicas' leaders
+    # fold them within a tick, and a new leader rebuilds link state from the last stale_after_s
+    # (plus the time the database was unreachable). Default: stale_after_s + 100 s (120 s). Whether
+    # a window was accepted at all (409 to a second copy) is kept apart, in a few bytes, for
+    # report_max_age_s + report_max_future_s.
+    report_window_retention_s: float = Field(default=120.0, gt=0)
     node_down_after_s: float = 20.0
     # a node whose clock is off by more than this has its windows re-timed into the controller's
     # time (and a clock_skew event), rather than refused as "in the future" or judged stale
@@ -107,6 +113,23 @@ class Settings(BaseSettings):
         """The probe network is the overlay's size and apart from it (one line at start, not a 500 later)."""
         probe_address(self.overlay_cidr.split("/")[0], self.overlay_cidr, self.probe_cidr)
         return self
+
+    @model_validator(mode="after")
+    def _windows_outlive_the_fold(self) -> Settings:
+        """A new leader reads back stale_after_s of windows: pruning them sooner would leave it blind."""
+        if "report_window_retention_s" not in self.model_fields_set:
+            self.report_window_retention_s = self.stale_after_s + 100.0
+        elif self.report_window_retention_s < self.stale_after_s:
+            raise ValueError(
+                f"report_window_retention_s ({self.report_window_retention_s:g}) must be at least "
+                f"stale_after_s ({self.stale_after_s:g}): a new leader rebuilds link state from that much"
+            )
+        return self
+
+    @property
+    def report_seen_s(self) -> float:
+        """How long an accepted (node, seq) is remembered: as long as the window could be accepted."""
+        return self.report_max_age_s + self.report_max_future_s
 
     @property
     def replica_id_explicit(self) -> bool:

@@ -117,6 +117,9 @@ class Agent:
         )
         self._rotating = False
         self._tunnel_is_up = False
+        self._address_set: str | None = None  # the probe address put on the interface
+        self._wg_turn = asyncio.Lock()  # one WireGuard change at a time (see `_set_wireguard`)
+        self._wg_tasks: set[asyncio.Task[None]] = set()  # fast reroutes under way
         self._fatal: BaseException | None = None
         self._main: asyncio.Future[Any] | None = None
         remove_temps(self.state)  # left by a kill before a rename; only this agent writes here
@@ -208,6 +211,7 @@ class Agent:
             f"{cred['overlay_ip']}/{prefix}",
         )
         self._tunnel_is_up = True
+        self._address_set = None  # (a new interface has none of its addresses yet)
         if (self.state / PEERLIST_FILE).exists():
             self.apply_peerlist(json.loads((self.state / PEERLIST_FILE).read_text()))
 
@@ -225,21 +229,50 @@ class Agent:
         """This node's probe address on the interface (probes use it; it is never relayed)."""
         own, cidr = peerlist.get("probe_ip"), peerlist.get("probe_cidr")
         if own and cidr and self._tunnel_is_up:
-            wg.ensure_address(self.cfg.interface, f"{own}/{ipaddress.ip_network(cidr).prefixlen}")
+            address = f"{own}/{ipaddress.ip_network(cidr).prefixlen}"
+            if address != self._address_set:  # (`ip` once, not at every peer list)
+                wg.ensure_address(self.cfg.interface, address)
+                self._address_set = address
         return str(own) if own else None
 
     def reroute(self) -> None:
         """A next hop went down or came back: re-apply AllowedIPs at once (local fast reroute)."""
         if self.peerlist and self._tunnel_is_up:
-            try:
-                wg.apply_peers(self.cfg.interface, self.desired_peers(self.peerlist), self.public_key)
-            except wg.WireGuardError as exc:
-                log.error("fast reroute: %s", exc)
+            task = asyncio.get_running_loop().create_task(self._reroute())
+            self._wg_tasks.add(task)
+            task.add_done_callback(self._wg_tasks.discard)
+
+    async def _reroute(self) -> None:
+        try:
+            await self._set_wireguard(lambda: self.desired_peers(self.peerlist))
+        except wg.WireGuardError as exc:
+            log.error("fast reroute: %s", exc)
+
+    async def _set_wireguard(self, desired: Callable[[], list[wg.WgPeer]]) -> tuple[int, int, int]:
+        """Apply the peers `desired()` gives when our turn comes, with `wg` in a thread, one change
+        at a time: (peers, changed, removed). The event loop goes on meanwhile, so /healthz, probes
+        and reflections do not wait for `wg` (two processes per change; on a busy node, whole tenths
+        of a second in which a drained node's /healthz still said 200 and its probes stood still)."""
+        async with self._wg_turn:
+            peers = desired()
+            changed, removed = await asyncio.to_thread(wg.apply_peers, self.cfg.interface, peers, self.public_key)
+            return len(peers), changed, removed
 
     def apply_peerlist(self, peerlist: dict[str, Any]) -> None:
+        """Apply a peer list at once, `wg` on this thread (at start-up, before the event loop's
+        other work; `follow_peers` applies them off the loop)."""
         self.observe_self_state(peerlist.get("self_state"))  # first: /healthz does not wait for WireGuard
         desired = self.desired_peers(peerlist)
         changed, removed = wg.apply_peers(self.cfg.interface, desired, self.public_key)
+        self._adopt_peerlist(peerlist, len(desired), changed, removed)
+
+    async def apply_peerlist_off_loop(self, peerlist: dict[str, Any]) -> None:
+        self.observe_self_state(peerlist.get("self_state"))  # first: /healthz does not wait for WireGuard
+        peers, changed, removed = await self._set_wireguard(lambda: self.desired_peers(peerlist))
+        self._adopt_peerlist(peerlist, peers, changed, removed)
+
+    def _adopt_peerlist(self, peerlist: dict[str, Any], peers: int, changed: int, removed: int) -> None:
+        """What the agent keeps of a peer list WireGuard now has."""
         now = time.monotonic()
         self.first_seen = {p["public_key"]: self.first_seen.get(p["public_key"], now) for p in peerlist["peers"]}
         self.peerlist = peerlist
@@ -248,7 +281,7 @@ class Agent:
         self.by_overlay.update({p["probe_ip"]: p for p in peerlist["peers"] if p.get("probe_ip")})
         self.by_node = {p["node_id"]: p for p in peerlist["peers"]}
         self.jitter = {node_id: j for node_id, j in self.jitter.items() if node_id in self.by_node}
-        self.m_peers.set(len(desired))
+        self.m_peers.set(peers)
         self.loss.forget(self.by_node)
         if changed or removed:
             log.info(
@@ -288,7 +321,7 @@ class Agent:
                     self.health.unreachable()
                 if r.status_code == 200:
                     etag = r.headers.get("etag")
-                    self.apply_peerlist(r.json())
+                    await self.apply_peerlist_off_loop(r.json())
                 elif r.status_code != 304:
                     log.warning("peers: %s %s", r.status_code, describe(r))
                     await asyncio.sleep(backoff)

@@ -343,6 +343,9 @@ def simulate(
         list[str] | None, typer.Option("--fault", help="dark:REGION@T or lossy:A/B@T (region id or index).")
     ] = None,
     database_url: Annotated[str | None, typer.Option("--database-url", help="Default: SQLite in a tmp dir.")] = None,
+    replicas: Annotated[
+        int, typer.Option("--replicas", min=1, help="Controllers on one PostgreSQL store (--database-url).")
+    ] = 1,
 ) -> None:
     """A real controller and N regions x M synthetic agents (no namespaces, no root): live figures per window.
 
@@ -370,6 +373,7 @@ def simulate(
         join_rate=join_rate,
         faults=fault or [],
         database_url=database_url,
+        replicas=replicas,
     )
     try:
         result = run(cfg, on_tick=tick, say=steps)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 
 DEFAULT_OVERLAY = "100.96.0.0/12"
 
@@ -22,6 +22,17 @@ def region_subnet(overlay_cidr: str, ordinal: int, prefix: int) -> ipaddress.IPv
         raise SubnetExhausted(f"{overlay} holds {count} region subnets of /{prefix}; ordinal {ordinal} is past them")
     size = 1 << (32 - prefix)
     return ipaddress.IPv4Network((int(overlay.network_address) + ordinal * size, prefix))
+
+
+def free_addresses(subnet: ipaddress.IPv4Network | str, used: Collection[str]) -> Iterator[str]:
+    """The host addresses never handed out, lowest first (as `next_address` would give them one
+    after another): a batch of joins into one region takes its addresses in one pass."""
+    net = ipaddress.IPv4Network(subnet)
+    taken = set(used)
+    for value in range(int(net.network_address) + 2, int(net.broadcast_address)):
+        addr = str(ipaddress.IPv4Address(value))
+        if addr not in taken:
+            yield addr
 
 
 def next_address(subnet: ipaddress.IPv4Network | str, used: Collection[str]) -> str:

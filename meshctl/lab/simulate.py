@@ -16,7 +16,7 @@ What it measures is in `Result`; `meshctl lab simulate` shows it live, `bench.be
 it (and one JSON line). One simulator process: its own CPU and how late it sent windows are in
 the result (`sim_cpu_percent`, `sim_lag_p99_ms`), so a run that could not keep up says so.
 
-Over 500 lines as one module because most of it is `Simulation`, one run's shared state (fleet,
+About 775 lines as one module because most of it is `Simulation`, one run's shared state (fleet,
 schedule, counters) and the tasks that read it; it would split first at the measuring side (the
 /proc, database and /metrics readers, and the summary) into their own module.
 """
@@ -39,11 +39,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from meshctl.client import AsyncClient
 from meshctl.core.catalog import lookup
@@ -80,6 +82,7 @@ class SimConfig:
     faults: list[str] = field(default_factory=list)
     lossy_percent: float = 30.0
     database_url: str | None = None
+    replicas: int = 1  # controllers on one PostgreSQL store, each node reporting to one of them
     connections: int = 32
     route_qps: float = 20.0
     rtt_csv: Path = RTT_CSV
@@ -208,6 +211,13 @@ class RawConn:
         self.reader = self.writer = None
 
 
+class _Joined(msgspec.Struct):
+    """What a synthetic node keeps of `POST /v1/nodes`'s answer (the rest is skipped)."""
+
+    node_id: str
+    node_token: str
+
+
 # --- the controller process ----------------------------------------------------------------
 
 
@@ -239,15 +249,17 @@ class Controller:
                 self.proc.wait()
 
 
-def start_controller(database_url: str | None, workdir: Path, env: dict[str, str]) -> Controller:
+def start_controller(
+    database_url: str | None, workdir: Path, env: dict[str, str], replica_id: str = "sim", token: str | None = None
+) -> Controller:
     """`meshctl serve` on a free port (SQLite in `workdir` unless `database_url`), ready to answer."""
     import httpx
 
-    port, token = free_port(), secrets.token_urlsafe(24)
+    port, token = free_port(), token or secrets.token_urlsafe(24)
     url = database_url or f"sqlite:///{workdir / 'controller.db'}"
-    log = workdir / "controller.log"
+    log = workdir / f"controller-{replica_id}.log"
     argv = [sys.executable, "-m", "meshctl", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--database-url", url, "--replica-id", "sim", "--log-level", "warning"]
+    argv += ["--database-url", url, "--replica-id", replica_id, "--log-level", "warning"]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "MESH_ADMIN_TOKEN": token, **env}
@@ -263,6 +275,51 @@ def start_controller(database_url: str | None, workdir: Path, env: dict[str, str
         time.sleep(0.2)
     ctl.stop()
     raise SimError(f"the controller did not answer /healthz within 300 s:\n{log.read_text()[-3000:]}")
+
+
+def start_replicas(cfg: SimConfig, database_url: str | None, workdir: Path) -> list[Controller]:
+    """`cfg.replicas` controllers on one store, sharing the admin token (replica ids sim-1, sim-2, ...)."""
+    if cfg.replicas == 1:
+        return [start_controller(database_url, workdir, cfg.controller_env)]
+    token = secrets.token_urlsafe(24)
+    out: list[Controller] = []
+    try:
+        for i in range(cfg.replicas):
+            out.append(start_controller(database_url, workdir, cfg.controller_env, f"sim-{i + 1}", token))
+    except BaseException:
+        for ctl in out:
+            ctl.stop()
+        raise
+    return out
+
+
+def _is_postgresql(url: str | None) -> bool:
+    return url is not None and url.startswith(("postgresql", "postgres://"))
+
+
+def _sa_url(url: str) -> str:
+    if url.startswith(("postgresql://", "postgres://")):  # the driver installed is psycopg 3
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server of `server_url` for one run, dropped after it:
+    a run's stored count is its own (and a bench never writes into the database it was pointed at)."""
+    import sqlalchemy as sa
+
+    name = f"meshsim_{secrets.token_hex(6)}"
+    engine = sa.create_engine(_sa_url(server_url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as c:
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        base, _, _ = server_url.partition("?")
+        yield base.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with contextlib.suppress(Exception), engine.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -290,12 +347,23 @@ def stored_reports(database_url: str) -> int:
     return _scalar(database_url, "select count(*) from reports")
 
 
+def stored_by_node(database_url: str) -> dict[str, int]:
+    """Accepted windows per node, as the store has them (whichever replica took them)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(_sa_url(database_url))
+    try:
+        with engine.connect() as c:
+            rows = c.execute(sa.text("select node_id, count(*) from reports group by node_id"))
+            return {str(node): int(n) for node, n in rows}
+    finally:
+        engine.dispose()
+
+
 def _scalar(database_url: str, sql: str) -> int:
     import sqlalchemy as sa
 
-    if database_url.startswith(("postgresql://", "postgres://")):  # the driver installed is psycopg 3
-        database_url = "postgresql+psycopg://" + database_url.split("://", 1)[1]
-    engine = sa.create_engine(database_url)
+    engine = sa.create_engine(_sa_url(database_url))
     try:
         with engine.connect() as c:
             return int(c.execute(sa.text(sql)).scalar_one())
@@ -434,23 +502,57 @@ class Simulation:
 
         done = [0]
 
+        # A real agent decodes its peer list (every other node) on its own machine; this process
+        # plays 3,000 of them on the controller's, so it reads each answer (~1 MB at 3,000 nodes)
+        # off a keep-alive connection as bytes and decodes only what it keeps (a C decoder that
+        # still checks the whole body), lest its own HTTP client be what the join rate measures.
+        decode = msgspec.json.Decoder(_Joined).decode
+        conns: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+        for _ in range(8):  # 8 joins in flight
+            conns.put_nowait(await asyncio.open_connection(self.host, self.port))
+
+        async def post(body: bytes) -> tuple[int, bytes]:
+            head = (
+                f"POST /v1/nodes HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            )
+            reader, writer = await conns.get()
+            try:
+                writer.write(head.encode() + body)
+                status = int((await reader.readline()).split()[1])
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                return status, await reader.readexactly(length)
+            finally:
+                conns.put_nowait((reader, writer))
+
         async def one(n: SimNode) -> None:
             if interval:
                 await asyncio.sleep(max(0.0, t0 + n.index * interval - time.monotonic()))
-            async with sem:
-                joined = await c.join_node(
-                    join_token=str(tokens[n.region].token),
-                    region=self.regions[n.region],
-                    name=f"sim-{n.index}",
-                    public_key=base64.b64encode(n.index.to_bytes(32, "big")).decode(),
-                    endpoint=f"192.0.2.{n.index % 250 + 1}:51820",
-                )
+            body = {
+                "join_token": str(tokens[n.region].token),
+                "region": self.regions[n.region],
+                "name": f"sim-{n.index}",
+                "public_key": base64.b64encode(n.index.to_bytes(32, "big")).decode(),
+                "endpoint": f"192.0.2.{n.index % 250 + 1}:51820",
+            }
+            status, data = await post(json.dumps(body).encode())
+            if status != 201:
+                raise SimError(f"join of sim-{n.index}: {status} {data[:300]!r}")
+            joined = decode(data)
             n.node_id, n.token = joined.node_id, joined.node_token
             done[0] += 1
             if done[0] % max(1, len(self.nodes) // 5) == 0 and done[0] < len(self.nodes):
                 self.say(f"joined {done[0]}/{len(self.nodes)} ({done[0] / (time.monotonic() - t0):.0f}/s)")
 
-        await asyncio.gather(*(one(n) for n in self.nodes))
+        try:
+            await asyncio.gather(*(one(n) for n in self.nodes))
+        finally:
+            while not conns.empty():
+                conns.get_nowait()[1].close()
         return time.monotonic() - t0
 
     async def metrics_text(self, ctl: Controller) -> str:
@@ -458,6 +560,17 @@ class Simulation:
 
         async with httpx.AsyncClient(base_url=ctl.url, headers={"Authorization": f"Bearer {ctl.token}"}) as h:
             return (await h.get("/metrics", timeout=30)).text
+
+    async def recompute_figures(self, ctls: list[Controller]) -> tuple[dict[float, float], float, float]:
+        """The recompute histogram summed over the replicas (only the leader's moves)."""
+        buckets: dict[float, float] = {}
+        count = total = 0.0
+        for ctl in ctls:
+            b, n, t = recompute_histogram(await self.metrics_text(ctl))
+            for k, v in b.items():
+                buckets[k] = buckets.get(k, 0.0) + v
+            count, total = count + n, total + t
+        return buckets, count, total
 
     async def healthz_rate(self) -> float:
         req = f"GET /healthz HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
@@ -474,8 +587,8 @@ class Simulation:
         await asyncio.gather(*(worker() for _ in range(16)))
         return HEALTHZ_BURST / (time.perf_counter() - t0)
 
-    async def sender(self, queue: asyncio.Queue[tuple[SimNode, float] | None]) -> None:
-        conn = RawConn(self.host, self.port)
+    async def sender(self, queue: asyncio.Queue[tuple[SimNode, float] | None], port: int) -> None:
+        conn = RawConn(self.host, port)
         while (item := await queue.get()) is not None:
             n, due = item
             req = self.request(n, self.body(n, due))
@@ -502,7 +615,7 @@ class Simulation:
         while not queue.empty():
             await asyncio.sleep(0.1)
 
-    async def node_clock(self, n: SimNode, t0: float, end: float, queue: asyncio.Queue[Any]) -> None:
+    async def node_clock(self, n: SimNode, t0: float, end: float, queues: list[asyncio.Queue[Any]]) -> None:
         """One window every window_s, phases spread over the window across the fleet."""
         w = self.cfg.window_s
         due = t0 + w * (1 + n.index / len(self.nodes))
@@ -510,7 +623,7 @@ class Simulation:
             await asyncio.sleep(max(0.0, due - time.time()))
             if n.region not in self.dark:
                 self.offered += 1
-                await queue.put((n, due))
+                await queues[n.index % len(queues)].put((n, due))  # each node reports to one replica
             due += w
 
     async def fault_clock(self, t0: float) -> None:
@@ -537,7 +650,7 @@ class Simulation:
                 if e.kind == "drain" and e.region and e.region not in self.drains:
                     self.drains[e.region] = e.ts.timestamp()
 
-    async def query_routes(self, c: AsyncClient) -> None:
+    async def query_routes(self, clients: list[AsyncClient]) -> None:
         if self.cfg.route_qps <= 0 or len(self.regions) < 2:
             return
         interval = 1.0 / self.cfg.route_qps
@@ -546,6 +659,7 @@ class Simulation:
             nxt += interval
             await asyncio.sleep(max(0.0, nxt - time.monotonic()))
             a, b = self.rng.sample(self.regions, 2)
+            c = clients[len(self.route_lat) % len(clients)]  # spread as a load balancer would
             t0 = time.perf_counter()
             try:
                 await c.fetch_route(a, b)
@@ -553,11 +667,15 @@ class Simulation:
             except Exception:
                 self.route_errors += 1
 
-    async def run(self, ctl: Controller) -> dict[str, Any]:
+    async def run(self, ctls: list[Controller]) -> dict[str, Any]:
         cfg = self.cfg
+        ctl = ctls[0]  # joins, events and GET /healthz; reports go to every replica
         self.host, port = ctl.url.removeprefix("http://").split(":")
         self.port = int(port)
-        async with AsyncClient(ctl.url, ctl.token, timeout=30.0) as c:
+        pids = [x.pid for x in ctls]
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(AsyncClient(x.url, x.token, timeout=30.0)) for x in ctls]
+            c = clients[0]
             join_s = await self.join(c)
             self.assign_peers()
             self.say(f"joined {len(self.nodes)} nodes in {join_s:.1f} s ({len(self.nodes) / join_s:.0f} joins/s)")
@@ -567,35 +685,43 @@ class Simulation:
             self.say(f"GET /healthz: {healthz:.0f} req/s ({HEALTHZ_BURST} requests, 16 connections)")
             newest = await c.events(limit=1)
             bg = [asyncio.create_task(self.watch_events(c, newest[-1].id if newest else 0))]
-            buckets0, ticks0, sum0 = recompute_histogram(await self.metrics_text(ctl))
+            buckets0, ticks0, sum0 = await self.recompute_figures(ctls)
             db0 = db_bytes(ctl.database_url)
-            queue: asyncio.Queue[tuple[SimNode, float] | None] = asyncio.Queue()
-            senders = [asyncio.create_task(self.sender(queue)) for _ in range(cfg.connections)]
-            cpu0, wall0, own0 = proc_cpu_seconds(ctl.pid), time.time(), time.process_time()
+            queues: list[asyncio.Queue[tuple[SimNode, float] | None]] = [asyncio.Queue() for _ in ctls]
+            per = max(4, cfg.connections // len(ctls))
+            senders = [
+                asyncio.create_task(self.sender(q, int(x.url.rsplit(":", 1)[1])))
+                for q, x in zip(queues, ctls, strict=True)
+                for _ in range(per)
+            ]
+            cpu0, wall0, own0 = sum(map(proc_cpu_seconds, pids)), time.time(), time.process_time()
             end = wall0 + cfg.duration_s
-            clocks = [asyncio.create_task(self.node_clock(n, wall0, end, queue)) for n in self.nodes]
-            bg += [asyncio.create_task(self.fault_clock(wall0)), asyncio.create_task(self.query_routes(c))]
-            await self.live(ctl, wall0, end)
+            clocks = [asyncio.create_task(self.node_clock(n, wall0, end, queues)) for n in self.nodes]
+            bg += [asyncio.create_task(self.fault_clock(wall0)), asyncio.create_task(self.query_routes(clients))]
+            await self.live(pids, wall0, end)
             await asyncio.gather(*clocks)
             # what the controller has not taken within two windows of the end stays in the agents'
             # spools (not lost, not acknowledged): counted as the backlog
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.drained(queue), 2 * cfg.window_s)
-            while not queue.empty():
-                queue.get_nowait()
-                self.backlog += 1
-            for _ in senders:
-                await queue.put(None)
+                await asyncio.wait_for(asyncio.gather(*(self.drained(q) for q in queues)), 2 * cfg.window_s)
+            for q in queues:
+                while not q.empty():
+                    q.get_nowait()
+                    self.backlog += 1
+                for _ in range(per):
+                    await q.put(None)
             await asyncio.gather(*senders)
             elapsed = time.time() - wall0
-            cpu = proc_cpu_seconds(ctl.pid) - cpu0
+            cpu = sum(map(proc_cpu_seconds, pids)) - cpu0
             own = time.process_time() - own0
-            rss, rss_peak = proc_mib(ctl.pid), proc_mib(ctl.pid, "VmHWM")
+            rss = sum(proc_mib(p) for p in pids)
+            rss_peak = sum(proc_mib(p, "VmHWM") for p in pids)
             await asyncio.sleep(0.5)
-            buckets1, ticks1, sum1 = recompute_histogram(await self.metrics_text(ctl))
+            buckets1, ticks1, sum1 = await self.recompute_figures(ctls)
             for t in bg:
                 t.cancel()
-            accepted = {n.id: n.reports_accepted or 0 for n in await c.nodes()}
+        # the store's count, whichever replica took a window
+        accepted = stored_by_node(ctl.database_url)
         db1 = db_bytes(ctl.database_url)
         acked = sum(n.acked for n in self.nodes)
         lost = sum(max(0, n.acked - accepted.get(n.node_id, 0)) for n in self.nodes)
@@ -612,6 +738,7 @@ class Simulation:
         rate = acked / elapsed
         return {
             "regions": cfg.regions,
+            "replicas": len(ctls),
             "nodes": len(self.nodes),
             "k": cfg.k,
             "window_s": cfg.window_s,
@@ -661,12 +788,12 @@ class Simulation:
             "loadavg_1m": round(os.getloadavg()[0], 2),
         }
 
-    async def live(self, ctl: Controller, t0: float, end: float) -> None:
+    async def live(self, pids: list[int], t0: float, end: float) -> None:
         """Every window until the end: a Tick for the live view."""
-        last_n, last_cpu, last_t = 0, proc_cpu_seconds(ctl.pid), time.time()
+        last_n, last_cpu, last_t = 0, sum(map(proc_cpu_seconds, pids)), time.time()
         while (now := time.time()) < end:
             await asyncio.sleep(min(self.cfg.window_s, end - now))
-            now, cpu = time.time(), proc_cpu_seconds(ctl.pid)
+            now, cpu = time.time(), sum(map(proc_cpu_seconds, pids))
             lat = self.latencies[last_n:]
             acked = sum(n.acked for n in self.nodes)
             if self.on_tick is not None:
@@ -687,16 +814,27 @@ class Simulation:
 def simulate(
     cfg: SimConfig, on_tick: Callable[[Tick], None] | None = None, say: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Start a controller, run the fleet against it for `cfg.duration_s`, stop it; the measurements."""
+    """Start the controller(s), run the fleet against them for `cfg.duration_s`, stop them; the
+    measurements. On PostgreSQL every run gets a database of its own on that server."""
     sim = Simulation(cfg, on_tick, say)  # parses the faults before anything starts
+    if cfg.replicas < 1:
+        raise SimError("replicas: at least 1")
+    if cfg.replicas > 1 and not _is_postgresql(cfg.database_url):
+        raise SimError("several replicas share one PostgreSQL store: give --database-url postgresql://...")
     workdir = Path(tempfile.mkdtemp(prefix="meshsim-"))
-    ctl = start_controller(cfg.database_url, workdir, cfg.controller_env)
-    say(f"controller pid {ctl.pid} at {ctl.url}, database {ctl.database_url}, log {ctl.log}")
-    try:
-        result = asyncio.run(sim.run(ctl))
-    finally:
-        ctl.stop()
-    shutil.rmtree(workdir, ignore_errors=True)  # kept (with the controller's log) when the run failed
+    with contextlib.ExitStack() as stack:
+        url = cfg.database_url
+        if url is not None and _is_postgresql(url):
+            url = stack.enter_context(fresh_database(url))
+        ctls = start_replicas(cfg, url, workdir)
+        for ctl in ctls:
+            say(f"controller pid {ctl.pid} at {ctl.url}, database {ctl.database_url}, log {ctl.log}")
+        try:
+            result = asyncio.run(sim.run(ctls))
+        finally:
+            for ctl in ctls:
+                ctl.stop()
+    shutil.rmtree(workdir, ignore_errors=True)  # kept (with the controllers' logs) when the run failed
     return result
 
 
@@ -706,7 +844,8 @@ def summary(r: dict[str, Any]) -> list[str]:
     drains = ", ".join(f"{k} {v} s" if v is not None else f"{k} not drained" for k, v in r["outage_to_drain_s"].items())
     return [
         f"fleet: {r['regions']} regions x {r['nodes'] // max(1, r['regions'])} nodes = {r['nodes']} nodes, k={r['k']},"
-        f" {r['peers_per_report']} peers/report ({r['report_kib']} KiB), {r['window_s']:g} s windows, {r['database']}",
+        f" {r['peers_per_report']} peers/report ({r['report_kib']} KiB), {r['window_s']:g} s windows, {r['database']}"
+        + (f", {r['replicas']} replicas" if r.get("replicas", 1) > 1 else ""),
         f"joins: {r['joins_per_s']}/s ({r['nodes']} in {r['join_s']} s; target >= 200/s)",
         f"GET /healthz on the same server: {r['healthz_per_s']} req/s",
         f"reports accepted: {r['reports_per_s']}/s of {r['offered_reports_per_s']}/s offered;"
@@ -718,7 +857,8 @@ def summary(r: dict[str, Any]) -> list[str]:
         f" simulator lag p99 {r['sim_lag_p99_ms']} ms, its CPU {r['sim_cpu_percent']}% of one core",
         f"recompute per tick: p50 {r['recompute_ms_p50']} ms, mean {r['recompute_ms_mean']} ms over"
         f" {r['recompute_ticks']} ticks (target < 100)",
-        f"controller: CPU {r['controller_cpu_percent']}% of {r['cpus']} cores ({r['controller_cpu_cores']} cores;"
+        ("controllers (all replicas)" if r.get("replicas", 1) > 1 else "controller")
+        + f": CPU {r['controller_cpu_percent']}% of {r['cpus']} cores ({r['controller_cpu_cores']} cores;"
         f" target < 70%), RSS {r['controller_rss_mib']} MiB (peak {r['controller_rss_peak_mib']})",
         f"route queries: {r['route_queries']}, p99 {r['route_p99_ms']} ms (target < 20), {r['route_errors']} failed",
         f"outage-to-drain: {drains or 'no dark fault'}",

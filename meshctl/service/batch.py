@@ -5,24 +5,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
-class BatchWriter:
+class BatchWriter(Generic[Item, Result]):
     """Collects items submitted while a write is in flight and writes them together.
 
     `submit` returns only after the batch holding the item is committed, so an acknowledged
-    report is durable; under load, batches grow and the per-report cost shrinks.
+    report (or join) is durable; under load, batches grow and the per-item cost shrinks.
     """
 
-    def __init__(self, write: Callable[[list[dict[str, Any]]], Awaitable[list[bool]]], max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        write: Callable[[list[Item]], Awaitable[list[Result]]],
+        max_batch: int = 1000,
+        name: str = "report-writer",
+    ) -> None:
         self._write = write
         self._max = max_batch
-        self._queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[bool]]] = asyncio.Queue()
+        self._name = name
+        self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="report-writer")
+        self._task = asyncio.create_task(self._run(), name=self._name)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -30,8 +43,8 @@ class BatchWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def submit(self, item: dict[str, Any]) -> bool:
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    async def submit(self, item: Item) -> Result:
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         await self._queue.put((item, fut))
         return await fut
 

@@ -3,12 +3,13 @@
     state.py       regions, drains, nodes, tokens (frozen store values) and live node counters
     snapshot.py    the frozen route/link snapshot, and its published JSON form
     views.py       wire response bodies from state + snapshot
+    peerbook.py    each node's peer-list entry as JSON, kept as nodes change (views.py: the reference)
     ingest.py      node reports: checks, seq de-duplication, group commit, the link book
     leadership.py  the leader lease as this replica sees it
     loop.py        the control loop (recompute, drains, publication), through the public
                    methods under "the control loop's side" below and nothing else
 
-About 510 lines because it is the whole surface the API sees: one short delegating method per
+About 600 lines because it is the whole surface the API sees: one short delegating method per
 operation, the logic in the modules above.
 
 Reads (routes, links, placement, regions) are answered from memory. Writes a client is told
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 
 from meshctl.service import report_codec as codec
 from meshctl.service.auth import Principal, hash_token, new_id, new_secret
+from meshctl.service.batch import BatchWriter
 from meshctl.service.credentials import Credentials
 from meshctl.service.encoded import Encoded, SnapshotEncodings
 from meshctl.service.errors import Conflict, Forbidden, Invalid, Missing
@@ -36,12 +38,13 @@ from meshctl.service.ingest import Ingest
 from meshctl.service.join import AttestedJoin
 from meshctl.service.leadership import Leadership
 from meshctl.service.metrics import Metrics
+from meshctl.service.peerbook import PeerBook, PeerBookCollector, splice
 from meshctl.service.snapshot import Snapshot, from_body, to_body
 from meshctl.service.state import MeshState, check_region_id
 from meshctl.service.views import Views, ts
 from meshctl.settings import Settings
-from meshctl.store.db import JoinRefused, NotFound, Store
-from meshctl.store.values import Node, PublishedTable, Region, Token
+from meshctl.store.db import JoinRefused, JoinRequest, NotFound, Store
+from meshctl.store.values import Drain, Node, PublishedTable, Region, Token
 from meshctl.wire import schemas as s
 
 T = TypeVar("T")
@@ -72,9 +75,21 @@ class Controller:
         )
         self.views = Views(self.state, settings, self.weights, clock)
         self.encodings = SnapshotEncodings()
+        self.peer_book = PeerBook(self.state, self.views, settings, lambda: self.peer_generation)
+        self.metrics.registry.register(PeerBookCollector(self.peer_book, self.state))
         self.credentials = Credentials(self.state, store, self.db, clock, self.kick)
+        # joins in flight together are registered in one transaction (one fsync), each told its own answer
+        self._joins: BatchWriter[JoinRequest, tuple[Node, int] | Exception] = BatchWriter(
+            lambda batch: self.db(store.join_batch, batch), max_batch=256, name="join-writer"
+        )
         self.attested = AttestedJoin(
-            settings, store, self.db, self.state, clock, lambda kind: self.metrics.events.labels(kind).inc()
+            settings,
+            store,
+            self.db,
+            self.state,
+            clock,
+            lambda kind: self.metrics.events.labels(kind).inc(),
+            self.register_node,
         )
         self._snapshot = Snapshot()
         self._store_ok = True
@@ -141,6 +156,7 @@ class Controller:
         self.reports.start()
 
     async def stop(self) -> None:
+        await self._joins.stop()
         await self.reports.stop()
         with contextlib.suppress(Exception):
             if self.is_leader:
@@ -174,6 +190,7 @@ class Controller:
         async with self._changed:
             self._changes += 1
             self._changed.notify_all()
+        self.peer_book.poke()  # the peer long polls wake only when their lists moved
 
     def _moved_since(self, seen: int) -> Callable[[], bool]:
         return lambda: self._changes != seen
@@ -235,10 +252,13 @@ class Controller:
         return self.region_out(region), created
 
     async def drain(self, region_id: str, reason: str, by: str) -> s.RegionOut:
+        """Drain a region: its agents' long polls are answered at once (one store write first, no
+        reload), then the routes move around it."""
         region = self.get_region(region_id)
-        self.state.put_drain(await self.db(self.store.set_drain, region_id, "manual", reason, by, self.clock()))
+        drain, gen = await self.db(self.store.set_drain, region_id, "manual", reason, by, self.clock())
+        await self.drain_stored(drain, gen)
         self.metrics.events.labels("drain").inc()
-        await self.reload_config()
+        await self.reload_config()  # (a region or token another replica changed meanwhile)
         await self.recompute_now()
         return self.region_out(region)
 
@@ -246,12 +266,23 @@ class Controller:
         region = self.get_region(region_id)
         if region_id not in self.state.drains:
             raise Conflict(f"region {region_id} is not drained", field="region")
-        await self.db(self.store.remove_drain, region_id, f"undrained by {by}", by, self.clock())
-        self.state.drop_drain(region_id)
-        self.metrics.events.labels("undrain").inc()
+        gen = await self.db(self.store.remove_drain, region_id, f"undrained by {by}", by, self.clock())
+        if gen is not None:  # (None: another replica lifted it first; the reload below shows that)
+            await self.undrain_stored(region_id, gen)
+            self.metrics.events.labels("undrain").inc()
         await self.reload_config()
         await self.recompute_now()
         return self.region_out(region)
+
+    async def drain_stored(self, drain: Drain, peer_generation: int) -> None:
+        """A region drain the store took (ours or the loop's): in place, and the long polls woken."""
+        self._forget(await self.state.put_drain(drain, peer_generation))
+        await self.notify()
+
+    async def undrain_stored(self, region_id: str, peer_generation: int) -> None:
+        """A region drain the store lifted (see `drain_stored`)."""
+        self._forget(await self.state.drop_drain(region_id, peer_generation))
+        await self.notify()
 
     async def drain_node(self, node_id: str, reason: str, by: str) -> s.NodeOut:
         """Drain one node: no new sessions, no relaying; its agent learns it by its peer long poll."""
@@ -260,7 +291,7 @@ class Controller:
             drain, gen = await self.db(self.store.set_node_drain, node_id, reason, by, self.clock())
         except NotFound as exc:
             raise Missing(f"unknown node {node_id!r}", field="node_id") from exc
-        self.state.put_node_drain(drain, gen)
+        self._forget(await self.state.put_node_drain(drain, gen))
         self.metrics.events.labels("node_drain").inc()
         await self.notify()
         self.kick()  # a region whose every node is drained relays nothing: routes move
@@ -272,7 +303,7 @@ class Controller:
         gen = await self.db(self.store.remove_node_drain, node_id, f"undrained by {by}", by, self.clock())
         if gen is None:
             raise Conflict(f"node {node.name} ({node_id}) is not drained", field="node_id")
-        self.state.drop_node_drain(node_id, gen)
+        self._forget(await self.state.drop_node_drain(node_id, gen))
         self.metrics.events.labels("node_undrain").inc()
         await self.notify()
         self.kick()
@@ -329,41 +360,84 @@ class Controller:
     def peers_of(self, node_id: str) -> s.PeerList:
         return self.views.peers_of(node_id, self._snapshot)
 
-    async def join(self, body: s.NodeJoin) -> s.NodeJoined:
-        """Join with a join token, or by cloud identity (`body.attestation`: see service/join.py)."""
+    async def wait_peers(self, node_id: str, start: int, timeout: float) -> None:
+        """Long poll: until the peer generation moves from `start` or the node leaves."""
+        await self.peer_book.wait_moved(start, timeout, lambda: node_id not in self.state.nodes)
+
+    def peers_json(self, node_id: str) -> bytes:
+        """The node's peer list as JSON, from the peer book (equal to `peers_of`)."""
+        return self.peer_book.peer_list_json(node_id, self._snapshot)
+
+    def _forget(self, gone: set[str]) -> None:
+        """Nodes that left through another replica (seen while catching up)."""
+        for node_id in gone:
+            self.reports.forget_node(node_id)
+
+    async def _register(self, body: s.NodeJoin) -> tuple[Node, str]:
+        """Join with a join token, or by cloud identity (`body.attestation`: see service/join.py):
+        the node, in place here, and its credential. Only the nodes changed since our generation
+        are read (none unless another join committed in between), never every node."""
         secret = new_secret("node")
         if body.attestation is not None:
             node, gen = await self.attested.join(body, "n-" + new_id(), hash_token(secret))
         else:
             node, gen = await self._join_with_token(body, hash_token(secret))
-        await self.reload_config()
-        self.state.put_node(node, gen)
+        self._forget(await self.state.put_node(node, gen))
         await self.notify()
+        return node, secret
+
+    def _joined(self, node: Node, secret: str, peers: s.PeerList) -> s.NodeJoined:
         return s.NodeJoined(
             node_id=node.id,
             node_token=secret,
             overlay_ip=node.overlay_ip,
             overlay_cidr=self.settings.overlay_cidr,
             region=node.region,
-            peers=self.peers_of(node.id),
+            peers=peers,
         )
+
+    async def join(self, body: s.NodeJoin) -> s.NodeJoined:
+        """Join (see `_register`); the answer with the node's peer list."""
+        node, secret = await self._register(body)
+        return self._joined(node, secret, self.peers_of(node.id))
+
+    async def join_json(self, body: s.NodeJoin) -> bytes:
+        """`join` as the JSON the API sends, its peer list from the peer book (no list rebuilt)."""
+        node, secret = await self._register(body)
+        book = self.peer_book
+        if not book.fast():
+            return self._joined(node, secret, self.peers_of(node.id)).model_dump_json().encode()
+        book.lists_served += 1
+        envelope = self._joined(node, secret, book.envelope(node.id, self._snapshot))
+        return splice(envelope.model_dump_json().encode(), book.peers_json(node.id))
+
+    async def register_node(self, request: JoinRequest) -> tuple[Node, int]:
+        """Register a node in the store with the joins in flight beside it (`Store.join_batch`):
+        (the node, its peer generation) once committed, or the store's refusal raised."""
+        if not self._joins.started:
+            self._joins.start()
+        found = await self._joins.submit(request)
+        if isinstance(found, Exception):
+            raise found
+        return found
 
     async def _join_with_token(self, body: s.NodeJoin, token_hash: str) -> tuple[Node, int]:
         assert body.join_token is not None
         await self._fresh_region(body.region)
         try:
-            return await self.db(
-                self.store.join_node,
-                node_id="n-" + new_id(),
-                join_hash=hash_token(body.join_token),
-                region=body.region,
-                name=body.name,
-                public_key=body.public_key,
-                endpoint=body.endpoint,
-                token_hash=token_hash,
-                now=self.clock(),
-                overlay_cidr=self.settings.overlay_cidr,
-                region_prefix=self.settings.region_prefix,
+            return await self.register_node(
+                JoinRequest(
+                    node_id="n-" + new_id(),
+                    region=body.region,
+                    name=body.name,
+                    public_key=body.public_key,
+                    endpoint=body.endpoint,
+                    token_hash=token_hash,
+                    now=self.clock(),
+                    overlay_cidr=self.settings.overlay_cidr,
+                    region_prefix=self.settings.region_prefix,
+                    join_hash=hash_token(body.join_token),
+                )
             )
         except JoinRefused as exc:
             raise Forbidden(f"join_token: {exc}", field="join_token") from exc
@@ -375,8 +449,7 @@ class Controller:
         except NotFound as exc:
             raise Missing(f"unknown node {node_id!r}", field="node_id") from exc
         out = self.node_out(node)  # as it was when it left
-        self.state.drop_node(node, gen)
-        self.reports.forget_node(node_id)
+        self._forget(await self.state.drop_node(node, gen) | {node_id})
         await self.notify()
         return out
 
@@ -386,18 +459,16 @@ class Controller:
             node, gen = await self.db(self.store.update_node, node_id, self.clock(), public_key, endpoint)
         except NotFound as exc:
             raise Missing(f"unknown node {node_id!r}", field="node_id") from exc
-        self.state.put_node(node, gen)
+        self._forget(await self.state.put_node(node, gen))
         await self.notify()
         return self.node_out(node)
 
     # --- reports -------------------------------------------------------------------------
 
-    async def ingest(
-        self, who: Principal, report: codec.ReportColumns, raw: str, sent_at: float | None = None
-    ) -> s.ReportAck:
+    async def ingest(self, who: Principal, report: codec.ReportColumns, sent_at: float | None = None) -> s.ReportAck:
         """A node's report: see `Ingest.ingest` (`sent_at`: the node's clock when it sent it,
         from the `X-Mesh-Sent-At` request header, if any)."""
-        return await self.reports.ingest(who, report, raw, sent_at)
+        return await self.reports.ingest(who, report, sent_at)
 
     def clock_offset(self, node_id: str) -> float | None:
         """How far the node's clock runs ahead (+) or behind (-) ours, as last measured; for the

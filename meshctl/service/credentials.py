@@ -79,7 +79,7 @@ class Credentials:
                 self._remember_unknown(h, now, removed=True)
                 raise NodeRemoved(f"node {found.id} was removed from the mesh; join it again to come back")
             if found.id not in self._state.nodes:
-                self._state.put_node(found, 0)
+                self._state.know_node(found)
                 self._kick()  # and load the rest of what changed (its peers) at the next tick
             return found
         if found is None or found.revoked_at is not None:

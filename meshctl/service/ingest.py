@@ -13,15 +13,15 @@ far in the future is refused). The offset is noted only once the report is accep
 judged by when we received reports, so a node's clock never drains its region.
 
 The hot path of the controller (1,000+ reports/s): per report it allocates no model but the
-acknowledgement, and loops in Python over the peers only to name the first bad one. Reports other
-replicas accepted come back from the store as JSON text and are folded the same way.
+acknowledgement, and loops in Python over the peers only to name the first bad one. What is stored
+is the columns the fold uses (store/reports.py packs them, ~2.5 KiB at 298 peers), so reports
+other replicas accepted come back from the store as the same columns and are folded the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,6 +37,7 @@ from meshctl.service.metrics import Metrics
 from meshctl.service.state import Db, MeshState
 from meshctl.settings import Settings
 from meshctl.store.db import Store
+from meshctl.store.reports import Window
 from meshctl.store.values import Node, StoredReport
 from meshctl.wire import schemas as s
 
@@ -84,18 +85,16 @@ class Ingest:
             self._metrics.clock_offset.remove(node_id)
         self._state.skewed.discard(node_id)
 
-    async def _write(self, rows: list[dict[str, Any]]) -> list[bool]:
-        return await self._db(self._store.insert_reports, rows, self._writer_id)
+    async def _write(self, windows: list[Window]) -> list[bool]:
+        return await self._db(self._store.insert_reports, windows, self._writer_id)
 
     # --- a node's report -----------------------------------------------------------------
 
-    async def ingest(
-        self, who: Principal, report: codec.ReportColumns, raw: str, sent_at: float | None = None
-    ) -> s.ReportAck:
+    async def ingest(self, who: Principal, report: codec.ReportColumns, sent_at: float | None = None) -> s.ReportAck:
         """Check, write durably (group commit), then fold into the link book.
 
-        `raw` is the accepted JSON text: stored as is, never re-serialised (the stored
-        window_start is in our time: moved by the node's clock offset when beyond tolerance).
+        What is stored is the window's columns (`PeerColumns.matrix`), its window_start in our
+        time (moved by the node's clock offset when beyond tolerance) and length.
         `sent_at`: the node's clock when it sent the report, if it said.
         """
         reject = self._metrics.reports_rejected
@@ -136,7 +135,7 @@ class Ingest:
         pending.add(seq)
         try:
             written = await self._writer.submit(
-                {"node_id": node.id, "seq": seq, "window_start": start, "received_at": now, "body": raw}
+                Window(node.id, seq, start, now, report.window_s, ids, report.peers.matrix())
             )
         except Exception as exc:
             reject.labels("store").inc()
@@ -262,17 +261,6 @@ class Ingest:
         if heard:
             c = self._state.counters_of(node.id)
             c.last_report_at = max(c.last_report_at or 0, report.received_at)
-        body, window_start, received = report.body, report.window_start, report.received_at
-        try:
-            parsed = codec.parse_report(body)
-        except ValueError:  # accepted by an older replica under other rules: read what is there
-            data = json.loads(body)
-            keys = ("rtt_p50_ms", "rtt_p90_ms", "jitter_ms")
-            peers = codec.PeerColumns.from_rows(
-                [p["peer_node_id"] for p in data["peers"]],
-                [(p["sent"], p["received"], *map(p.get, keys)) for p in data["peers"]],
-            )
-            self.record(node, peers, window_start + float(data["window_s"]), received)
-            return True
-        self.record(node, parsed.peers, window_start + parsed.window_s, received)
+        peers = codec.PeerColumns.from_matrix(list(report.peer_ids), report.columns)
+        self.record(node, peers, report.window_start + report.window_s, report.received_at)
         return True

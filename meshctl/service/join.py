@@ -5,8 +5,9 @@
          AWS `/rsa2048` PKCS#7, GCP identity token (audience: MESH_PUBLIC_URL), Azure attested
          document whose nonce this controller gave out (`GET /v1/join-nonce`)      -> 401 attestation-<slug>
       2. the join policies decide: account, conditions, region mapping, claimed region, cap -> 403 join-policy
-      3. one store transaction: spend the Azure nonce (a replay: 401 attestation-nonce), take the
-         instance id (a live node holds it: 409), re-check the cap under the region's lock, add the node.
+      3. one store transaction (shared with the joins in flight beside it: group commit): spend the
+         Azure nonce (a replay: 401 attestation-nonce), take the instance id (a live node holds it:
+         409), re-check the cap under the region's lock, add the node.
 
 Every refusal records a `join_refused` event (cloud, account, rule; never the document) and leaves no
 node behind. At most REFUSED_EVENTS_PER_MIN such events a minute per replica: a flood of forged documents
@@ -29,7 +30,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -55,7 +56,7 @@ from meshctl.attest import (
 from meshctl.service.errors import Conflict, Forbidden, Invalid, Missing, Unauthorized
 from meshctl.service.state import Db, MeshState
 from meshctl.settings import Settings
-from meshctl.store.db import AttestedJoinRefused, Exists, JoinRefused, NotFound, Store
+from meshctl.store.db import AttestedJoinRefused, Exists, JoinRefused, JoinRequest, NotFound, Store
 from meshctl.store.values import JoinPolicyRecord, Node
 from meshctl.wire import schemas as s
 
@@ -132,6 +133,7 @@ class AttestedJoin:
         state: MeshState,
         clock: Callable[[], float],
         count_event: Callable[[str], None],
+        register: Callable[[JoinRequest], Awaitable[tuple[Node, int]]],
     ) -> None:
         self._settings = settings
         self._store = store
@@ -139,6 +141,7 @@ class AttestedJoin:
         self._state = state
         self._clock = clock
         self._count_event = count_event
+        self._register = register  # the store's join, batched with the joins beside it
         self.trust = Trust()
         self._nonce_key = b""
         self._window = (0.0, 0, 0)  # (minute start, events recorded, events suppressed)
@@ -197,9 +200,7 @@ class AttestedJoin:
             raise AttestationRefused(slug, f"attestation: {exc.reason}") from None
         records = await self._db(self._store.join_policies)
         policies = {r.id: JoinPolicy(**r.spec) for r in records}
-        live: dict[str, int] = {}
-        for n in self._state.nodes.values():
-            live[n.region] = live.get(n.region, 0) + 1
+        live = self._state.nodes_per_region  # kept as nodes come and go: no pass over the fleet
         verdict = decide(identity, policies.values(), live, claimed_region=body.region)
         if isinstance(verdict, Refused):
             await self._refused_policy(identity, verdict.rule, verdict.reason, verdict.policy_id, body)
@@ -207,21 +208,22 @@ class AttestedJoin:
         if nonces.seen is not None:
             nonce = (nonces.seen, nonces.expiry(nonces.seen).timestamp())
         try:
-            return await self._db(
-                self._store.join_attested,
-                node_id=node_id,
-                identity=(identity.cloud, identity.account, identity.instance_id),
-                policy_id=verdict.policy_id,
-                nonce=nonce,
-                max_nodes=policies[verdict.policy_id].max_nodes_per_region,
-                region=verdict.region,
-                name=body.name,
-                public_key=body.public_key,
-                endpoint=body.endpoint,
-                token_hash=token_hash,
-                now=self._clock(),
-                overlay_cidr=self._settings.overlay_cidr,
-                region_prefix=self._settings.region_prefix,
+            return await self._register(
+                JoinRequest(
+                    node_id=node_id,
+                    region=verdict.region,
+                    name=body.name,
+                    public_key=body.public_key,
+                    endpoint=body.endpoint,
+                    token_hash=token_hash,
+                    now=self._clock(),
+                    overlay_cidr=self._settings.overlay_cidr,
+                    region_prefix=self._settings.region_prefix,
+                    identity=(identity.cloud, identity.account, identity.instance_id),
+                    policy_id=verdict.policy_id,
+                    nonce=nonce,
+                    max_nodes=policies[verdict.policy_id].max_nodes_per_region,
+                )
             )
         except JoinRefused:  # the store knows no such region (it is the authority: another replica may add one)
             why = f"policy {verdict.policy_id} puts this node in {verdict.region}, which is not a registered region"

@@ -34,7 +34,7 @@ from meshctl.service.snapshot import Snapshot
 from meshctl.service.state import MeshState
 from meshctl.service.views import ts
 from meshctl.store.db import StoreError
-from meshctl.store.values import Lease
+from meshctl.store.values import Lease, ReportCursor
 from meshctl.wire import schemas as s
 
 log = logging.getLogger("meshctl.loop")
@@ -55,7 +55,7 @@ class ControlLoop:
         # the leader's judgement: lowest RTT seen per link, health state machine, report cursor
         self.baselines: dict[tuple[str, str], float] = {}
         self.health: HealthState = initial_state([])
-        self._report_cursor = 0
+        self._report_cursor: int | ReportCursor = 0
         self.history = HistoryWriter(ctl)  # the leader's link history rollups
         self._listen_stop = threading.Event()
         self._listener: threading.Thread | None = None
@@ -160,7 +160,11 @@ class ControlLoop:
         await self._heartbeat(now)
         if now - self._last_prune > PRUNE_EVERY_S:
             self._last_prune = now
-            await ctl.db(ctl.store.prune_reports, now - ctl.settings.report_max_age_s)
+            # windows: kept for a new leader, counted back from when links are judged (so the
+            # time the database was unreachable does not eat them); accepted seqs: as long as a
+            # window could be accepted
+            windows_before = self._links_as_of(now) - ctl.settings.report_window_retention_s
+            await ctl.db(ctl.store.prune_reports, windows_before, now - ctl.settings.report_seen_s)
             if lead.is_leader:
                 await self.history.prune(now)
                 await ctl.db(ctl.store.prune_route_tables)
@@ -235,16 +239,23 @@ class ControlLoop:
         for ev in events:
             if ev.kind == "drain" and ev.region is not None:
                 try:
-                    await ctl.db(ctl.store.set_drain, ev.region, "auto", ev.reason, "controller", now, fence)
+                    drain, gen = await ctl.db(
+                        ctl.store.set_drain, ev.region, "auto", ev.reason, "controller", now, fence
+                    )
                 except StoreError:
                     ctl.leadership.step_down("lease lost while draining")
                     return
+                await ctl.drain_stored(drain, gen)  # the region's agents hear it now, not after this tick
             elif ev.kind == "undrain" and ev.region is not None:
                 try:
-                    await ctl.db(ctl.store.remove_drain, ev.region, ev.reason, "controller", now, fence, "auto")
+                    lifted = await ctl.db(
+                        ctl.store.remove_drain, ev.region, ev.reason, "controller", now, fence, "auto"
+                    )
                 except StoreError:
                     ctl.leadership.step_down("lease lost while undraining")
                     return
+                if lifted is not None:
+                    await ctl.undrain_stored(ev.region, lifted)
             else:
                 await ctl.db(ctl.store.add_event, now, ev.kind, ev.reason, ev.region)
             ctl.metrics.events.labels(ev.kind).inc()

@@ -71,7 +71,16 @@ class PeerColumns:
     def from_rows(cls, ids: list[str], rows: list[tuple[float | None, ...]]) -> PeerColumns:
         """From (sent, received, p50, p90, jitter) per peer; None becomes NaN."""
         cols = np.array(rows, dtype=np.float64).reshape(len(ids), 5).T
+        return cls.from_matrix(ids, cols)
+
+    @classmethod
+    def from_matrix(cls, ids: list[str], cols: np.ndarray) -> PeerColumns:
+        """From a 5 x len(ids) matrix: rows sent, received, p50, p90, jitter (as `matrix` gives)."""
         return cls(ids, cols[0], cols[1], cols[2], cols[3], cols[4])
+
+    def matrix(self) -> np.ndarray:
+        """The columns as one 5 x len(ids) float64 matrix (the store's form: store/reports.py)."""
+        return np.stack([self.sent, self.received, self.p50, self.p90, self.jitter]).reshape(5, len(self.ids))
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,12 +5,12 @@ one code path serves SQLite (embedded default) and PostgreSQL (psycopg 3, severa
 Writes that a client is told about (drains, registrations, tokens, reports) are committed
 before the call returns.
 
-Some 1,000 lines on purpose: one class, because many writes span tables in one transaction (a
+Some 1,170 lines on purpose: one class, because many writes span tables in one transaction (a
 join spends a token or a nonce, takes an instance identity, allocates an address, adds the node,
 bumps a counter and records an event; a drain checks the lease fence, writes the drain and its
 event; both notify followers in the same transaction). Split by table, each of those
 transactions would be spread over several modules. What stands apart already lives apart
-(`history.py`: link rollups, written and read on their own); the next candidates are the lease,
+(`history.py`: link rollups; `reports.py`: the packed report windows); the next candidates are the lease,
 route-table and heartbeat methods (the leader's side), which share only `_tx` and `_notify`.
 """
 
@@ -23,19 +23,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
-    BigInteger,
     CursorResult,
     Engine,
     Result,
     Table,
     bindparam,
-    case,
     create_engine,
     delete,
     event,
@@ -49,7 +48,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from meshctl.core.ipam import next_address, region_subnet
+from meshctl.core.ipam import SubnetExhausted, free_addresses, next_address, region_subnet
 from meshctl.store.history import LinkHistory
 from meshctl.store.models import (
     AddressRow,
@@ -64,12 +63,12 @@ from meshctl.store.models import (
     NodeRow,
     RegionRow,
     ReplicaRow,
-    ReportRow,
     RouteTableRow,
     ServiceSecretRow,
     TokenRow,
     UsedNonceRow,
 )
+from meshctl.store.reports import ReportStore, Window
 from meshctl.store.values import (
     Drain,
     Event,
@@ -82,6 +81,7 @@ from meshctl.store.values import (
     PublishedTable,
     Region,
     Replica,
+    ReportCursor,
     StoredReport,
     Token,
 )
@@ -122,6 +122,27 @@ class AttestedJoinRefused(StoreError):
         self.rule, self.node_id = rule, node_id
 
 
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    """One node to register (`Store.join_batch`): with a join token (`join_hash`), or with a
+    verified cloud `identity` (cloud, account, instance id), its policy, nonce and cap."""
+
+    node_id: str
+    region: str
+    name: str
+    public_key: str
+    endpoint: str
+    token_hash: str
+    now: float
+    overlay_cidr: str
+    region_prefix: int
+    join_hash: str | None = None
+    identity: tuple[str, str, str] | None = None
+    policy_id: str | None = None
+    nonce: tuple[str, float] | None = None  # (value, expiry)
+    max_nodes: int | None = None
+
+
 def make_engine(url: str) -> Engine:
     """An engine tuned for the backend: SQLite gets WAL and a busy timeout.
 
@@ -141,6 +162,9 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            # pages freed by a delete go to the free list without being zeroed (Debian's SQLite
+            # zeroes them by default: every pruned window would be written a second time)
+            cur.execute("PRAGMA secure_delete=FAST")
             cur.close()
 
         return engine
@@ -191,8 +215,8 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
-        self._report_sql: tuple[Any, Any] | None = None
         self.history = LinkHistory(self)  # link_history rows (store/history.py)
+        self.reports = ReportStore(self)  # stored reports (store/reports.py)
 
     @property
     def backend(self) -> str:
@@ -308,6 +332,10 @@ class Store:
         for attempt in range(_RETRIES):
             try:
                 with self._tx() as s:
+                    # the counter's row lock first: concurrent registrations queue here instead of
+                    # reading the same max(ordinal) and colliding (150 at once on PostgreSQL ran
+                    # out of retries and answered 500)
+                    self._bump(s, "config_version")
                     row = s.get(RegionRow, region_id)
                     created = row is None
                     if row is None:
@@ -326,7 +354,6 @@ class Store:
                         self._event(s, now, "region_added", f"region {region_id} added", region=region_id)
                     else:
                         row.cloud, row.name, row.lat, row.lon, row.metro = cloud, name, lat, lon, metro
-                    self._bump(s, "config_version")
                     s.flush()
                     return Region.of(row), created
             except IntegrityError:
@@ -335,8 +362,9 @@ class Store:
 
     def set_drain(
         self, region: str, kind: str, reason: str, by: str | None, now: float, fence: Fence | None = None
-    ) -> Drain:
-        """Drain a region (manual, or automatic under the leader's fence) and record why."""
+    ) -> tuple[Drain, int]:
+        """Drain a region (manual, or automatic under the leader's fence) and record why: the drain
+        and the peer generation it moved to (its nodes' peer lists say drained)."""
         with self._tx() as s:
             if fence is not None and not self._holds(s, fence, now):
                 raise StoreError("lease lost: automatic drain refused")
@@ -348,8 +376,8 @@ class Store:
                 row.kind, row.reason, row.by = kind, reason, by
             self._event(s, now, "drain", reason, region=region, data={"kind": kind, "by": by})
             self._bump(s, "config_version")
-            self._bump(s, "peer_generation")  # the region's nodes' peer lists say drained: long polls wake
-            return Drain.of(row)
+            gen = self._bump(s, "peer_generation")  # the region's nodes' peer lists say drained: long polls wake
+            return Drain.of(row), gen
 
     def remove_drain(
         self,
@@ -359,18 +387,19 @@ class Store:
         now: float,
         fence: Fence | None = None,
         only_kind: str | None = None,
-    ) -> bool:
+    ) -> int | None:
+        """Lift a region's drain (only one of `only_kind`, if given): the peer generation it moved
+        to, or None when there was none to lift."""
         with self._tx() as s:
             if fence is not None and not self._holds(s, fence, now):
                 raise StoreError("lease lost: automatic undrain refused")
             row = s.get(DrainRow, region)
             if row is None or (only_kind is not None and row.kind != only_kind):
-                return False
+                return None
             s.delete(row)
             self._event(s, now, "undrain", reason, region=region, data={"kind": row.kind, "by": by})
             self._bump(s, "config_version")
-            self._bump(s, "peer_generation")
-            return True
+            return self._bump(s, "peer_generation")
 
     # --- node drains ---------------------------------------------------------------------
 
@@ -509,6 +538,30 @@ class Store:
             q = select(NodeRow).where(NodeRow.removed_at.is_(None)).order_by(NodeRow.id)
             return [Node.of(r) for r in s.scalars(q)]
 
+    def all_nodes(self) -> tuple[int, list[Node], list[NodeDrain]]:
+        """(the peer generation, every live node, every node drain), in one transaction."""
+        with self._tx() as s:
+            gen = int(s.execute(select(CounterRow.value).where(CounterRow.name == "peer_generation")).scalar_one())
+            q = select(NodeRow).where(NodeRow.removed_at.is_(None)).order_by(NodeRow.id)
+            nodes = [Node.of(r) for r in s.scalars(q)]
+            live = select(NodeDrainRow).join(NodeRow, NodeRow.id == NodeDrainRow.node_id)
+            drains = [NodeDrain.of(r) for r in s.scalars(live.where(NodeRow.removed_at.is_(None)))]
+            return gen, nodes, drains
+
+    def nodes_since(self, generation: int) -> tuple[int, list[Node], list[NodeDrain]]:
+        """(the peer generation, the nodes changed after `generation` (removed ones too, with their
+        `removed_at`), every node drain): what a replica at `generation` needs to catch up.
+
+        The counter is read first: a change is committed with its bump (which takes the counter's
+        row lock), so every change up to the counter read is among the nodes read next; a change
+        committed in between may show too, and is read again next time (the newest version wins)."""
+        with self._tx() as s:
+            gen = int(s.execute(select(CounterRow.value).where(CounterRow.name == "peer_generation")).scalar_one())
+            changed = [Node.of(r) for r in s.scalars(select(NodeRow).where(NodeRow.peer_gen > generation))]
+            live = select(NodeDrainRow).join(NodeRow, NodeRow.id == NodeDrainRow.node_id)
+            drains = [NodeDrain.of(r) for r in s.scalars(live.where(NodeRow.removed_at.is_(None)))]
+            return gen, changed, drains
+
     def join_node(
         self,
         *,
@@ -523,84 +576,12 @@ class Store:
         overlay_cidr: str,
         region_prefix: int,
     ) -> tuple[Node, int]:
-        """Spend one use of the join token, allocate an address, register the node.
-
-        Joins into one region take turns on the region's row (PostgreSQL: SELECT ... FOR UPDATE),
-        so two replicas never pick the same address; should anything still collide (a unique
-        address or key), the whole transaction is retried after a short random pause.
-        """
-        for attempt in range(_RETRIES):
-            try:
-                with self._tx() as s:
-                    spent = _count(
-                        s.execute(
-                            update(JoinTokenRow)
-                            .where(
-                                JoinTokenRow.token_hash == join_hash,
-                                JoinTokenRow.uses_left > 0,
-                                JoinTokenRow.expires_at > now,
-                                JoinTokenRow.region == region,
-                            )
-                            .values(uses_left=JoinTokenRow.uses_left - 1)
-                        )
-                    )
-                    if spent != 1:
-                        raise JoinRefused("join token unknown, expired, used up, or for another region")
-                    return self._add_node(
-                        s, node_id, region, name, public_key, endpoint, token_hash, now, overlay_cidr, region_prefix
-                    )
-            except IntegrityError as exc:
-                log.info("join into %s collided (attempt %d): %s", region, attempt + 1, exc.orig)
-                _pause(attempt)
-        raise StoreError("could not allocate an overlay address: concurrent joins")
-
-    @classmethod
-    def _add_node(
-        cls,
-        s: Session,
-        node_id: str,
-        region: str,
-        name: str,
-        public_key: str,
-        endpoint: str,
-        token_hash: str,
-        now: float,
-        overlay_cidr: str,
-        region_prefix: int,
-        max_nodes: int | None = None,
-    ) -> tuple[Node, int]:
-        """Allocate an address in `region` (its row locked) and add the node (at most `max_nodes` live there)."""
-        reg = s.scalars(select(RegionRow).where(RegionRow.id == region).with_for_update()).first()
-        if reg is None:
-            raise JoinRefused(f"unknown region {region}")
-        if max_nodes is not None:
-            live = s.execute(
-                select(func.count(NodeRow.id)).where(NodeRow.region == region, NodeRow.removed_at.is_(None))
-            ).scalar_one()
-            if live >= max_nodes:
-                raise AttestedJoinRefused("cap", f"{region} has {live} nodes, the most its join policy allows")
-        subnet = region_subnet(overlay_cidr, reg.ordinal, region_prefix)
-        used = s.scalars(select(AddressRow.address).where(AddressRow.region == region)).all()
-        address = next_address(subnet, set(used))
-        s.add(AddressRow(address=address, region=region, node_id=node_id, allocated_at=now))
-        row = NodeRow(
-            id=node_id,
-            name=name,
-            region=region,
-            public_key=public_key,
-            endpoint=endpoint,
-            overlay_ip=address,
-            token_hash=token_hash,
-            joined_at=now,
-            removed_at=None,
-            last_report_at=None,
-            last_seq=None,
-            reports_accepted=0,
+        """Spend one use of the join token, allocate an address, register the node (see `join_batch`)."""
+        return self._join_one(
+            JoinRequest(
+                node_id, region, name, public_key, endpoint, token_hash, now, overlay_cidr, region_prefix, join_hash
+            )
         )
-        s.add(row)
-        gen = cls._bump(s, "peer_generation")
-        cls._event(s, now, "join", f"node {name} joined {region} as {address}", region=region, node_id=node_id)
-        return Node.of(row), gen
 
     # --- attested join (join policies, spent nonces, node identities) ---------------------
 
@@ -628,61 +609,283 @@ class Store:
         Raises AttestedJoinRefused with rule 'nonce', 'instance' or 'cap'. A collision with a
         concurrent join retries, and the retry sees what the other one committed.
         """
-        cloud, account, instance_id = identity
+        return self._join_one(
+            JoinRequest(
+                node_id,
+                region,
+                name,
+                public_key,
+                endpoint,
+                token_hash,
+                now,
+                overlay_cidr,
+                region_prefix,
+                identity=identity,
+                policy_id=policy_id,
+                nonce=nonce,
+                max_nodes=max_nodes,
+            )
+        )
+
+    def join_batch(self, requests: Sequence[JoinRequest]) -> list[tuple[Node, int] | Exception]:
+        """Register several nodes in one transaction (group commit: one fsync for the batch): for each
+        request, in order, (the node, its peer generation) or why it was refused (JoinRefused,
+        AttestedJoinRefused, SubnetExhausted), as `join_node` and `join_attested` would answer it.
+
+        A refused request writes nothing: every check comes before its first write. The regions'
+        rows are locked first, in id order, so two replicas' batches never wait on each other in a
+        circle. Should anything still collide (another replica took the same address or key), the
+        batch is rolled back and each request is registered alone, with its own retries.
+        """
+        out: dict[int, tuple[Node, int] | Exception] = {}
+        try:
+            with self._tx() as s:
+                ids = sorted({r.region for r in requests})
+                q = select(RegionRow).where(RegionRow.id.in_(ids)).order_by(RegionRow.id).with_for_update()
+                regions = {r.id: Region.of(r) for r in s.scalars(q)}
+                with_tokens: list[tuple[int, JoinRequest]] = []
+                for i, req in enumerate(requests):
+                    if req.join_hash is not None and req.identity is None:
+                        with_tokens.append((i, req))
+                        continue
+                    try:
+                        out[i] = self._join_in(s, req)
+                    except (StoreError, SubnetExhausted) as exc:
+                        out[i] = exc
+                if with_tokens:
+                    out.update(self._join_with_tokens(s, with_tokens, regions))
+            return [out[i] for i in range(len(requests))]
+        except IntegrityError as exc:
+            log.info("a batch of %d joins collided: registering them one by one (%s)", len(requests), exc.orig)
+        alone: list[tuple[Node, int] | Exception] = []
+        for req in requests:
+            try:
+                alone.append(self._join_one(req))
+            except (StoreError, SubnetExhausted) as exc:
+                alone.append(exc)
+        return alone
+
+    @classmethod
+    def _join_with_tokens(
+        cls, s: Session, items: list[tuple[int, JoinRequest]], regions: dict[str, Region]
+    ) -> dict[int, tuple[Node, int] | Exception]:
+        """Token joins of a batch in a few statements, whatever their number: the tokens' rows read
+        (and locked) once, each region's addresses read once, every row inserted in one statement
+        per table. Refused ones write nothing; each answer is what `_join_in` would give alone."""
+        tokens = cast(Table, JoinTokenRow.__table__)
+        hashes = sorted({req.join_hash for _, req in items if req.join_hash is not None})
+        q = (
+            select(tokens.c.token_hash, tokens.c.region, tokens.c.uses_left, tokens.c.expires_at)
+            .where(tokens.c.token_hash.in_(hashes))
+            .order_by(tokens.c.token_hash)
+            .with_for_update()
+        )
+        found = {row.token_hash: row for row in s.execute(q)}
+        left = {h: int(row.uses_left) for h, row in found.items()}
+        wanted = sorted({req.region for _, req in items})
+        used: dict[str, set[str]] = {}
+        for region, address in s.execute(
+            select(AddressRow.region, AddressRow.address).where(AddressRow.region.in_(wanted))
+        ):
+            used.setdefault(region, set()).add(address)
+        free: dict[str, tuple[str, Iterator[str]]] = {}  # region -> (its subnet, its free addresses)
+        peeked: dict[str, str | None] = {}  # region -> its lowest free address, not taken yet
+        out: dict[int, tuple[Node, int] | Exception] = {}
+        taken: list[tuple[int, JoinRequest, str]] = []
+        for i, req in items:
+            h = req.join_hash or ""
+            token = found.get(h)
+            reg = regions.get(req.region)
+            if reg is None:
+                out[i] = JoinRefused(f"unknown region {req.region}")
+                continue
+            if req.region not in free:  # the address is looked for before the token, as in `_join_in`
+                subnet = region_subnet(req.overlay_cidr, reg.ordinal, req.region_prefix)
+                free[req.region] = (str(subnet), free_addresses(subnet, used.get(req.region, set())))
+            subnet_text, addresses = free[req.region]
+            got = peeked.pop(req.region, None) or next(addresses, None)
+            if got is None:
+                out[i] = SubnetExhausted(f"no address left in {subnet_text}")
+                continue
+            if token is None or left[h] <= 0 or token.expires_at <= req.now or token.region != req.region:
+                peeked[req.region] = got  # still free for the next one
+                out[i] = JoinRefused("join token unknown, expired, used up, or for another region")
+                continue
+            left[h] -= 1
+            taken.append((i, req, got))
+        if not taken:
+            return out
+        # --- writes: one statement per table
+        spent = sorted({req.join_hash or "" for _, req, _ in taken})
+        s.execute(
+            update(tokens).where(tokens.c.token_hash == bindparam("b_hash")).values(uses_left=bindparam("b_left")),
+            [{"b_hash": h, "b_left": left[h]} for h in spent],
+        )
+        counters = cast(Table, CounterRow.__table__)
+        bump = update(counters).where(counters.c.name == "peer_generation")
+        s.execute(bump.values(value=counters.c.value + len(taken)))
+        last = int(s.execute(select(counters.c.value).where(counters.c.name == "peer_generation")).scalar_one())
+        cls._notify(s, "peers")
+        nodes: list[Node] = []
+        for k, (_, req, address) in enumerate(taken):
+            gen = last - len(taken) + 1 + k
+            nodes.append(
+                Node(
+                    id=req.node_id,
+                    name=req.name,
+                    region=req.region,
+                    public_key=req.public_key,
+                    endpoint=req.endpoint,
+                    overlay_ip=address,
+                    token_hash=req.token_hash,
+                    joined_at=req.now,
+                    removed_at=None,
+                    last_report_at=None,
+                    last_seq=None,
+                    reports_accepted=0,
+                    peer_gen=gen,
+                )
+            )
+        s.execute(
+            insert(cast(Table, AddressRow.__table__)),
+            [
+                {"address": n.overlay_ip, "region": n.region, "node_id": n.id, "allocated_at": n.joined_at}
+                for n in nodes
+            ],
+        )
+        node_table = cast(Table, NodeRow.__table__)
+        s.execute(insert(node_table), [{c.name: getattr(n, c.name) for c in node_table.columns} for n in nodes])
+        s.execute(
+            insert(cast(Table, EventRow.__table__)),
+            [
+                {
+                    "ts": n.joined_at,
+                    "kind": "join",
+                    "reason": f"node {n.name} joined {n.region} as {n.overlay_ip}",
+                    "region": n.region,
+                    "node_id": n.id,
+                    "data": {},
+                }
+                for n in nodes
+            ],
+        )
+        cls._notify(s, "event")
+        for (i, _, _), n in zip(taken, nodes, strict=True):
+            out[i] = (n, n.peer_gen)
+        return out
+
+    def _join_one(self, req: JoinRequest) -> tuple[Node, int]:
+        """One join in its own transaction, retried after a short random pause on a collision.
+
+        Joins into one region take turns on the region's row (PostgreSQL: SELECT ... FOR UPDATE),
+        so two replicas never pick the same address; should anything still collide (a unique
+        address or key), the whole transaction is retried and sees what the other one committed.
+        """
         for attempt in range(_RETRIES):
             try:
                 with self._tx() as s:
-                    if nonce is not None:
-                        s.execute(delete(UsedNonceRow).where(UsedNonceRow.expires_at < now))
-                        if s.get(UsedNonceRow, nonce[0]) is not None:
-                            raise AttestedJoinRefused("nonce", "this join nonce was used already: ask for a new one")
-                        s.add(UsedNonceRow(nonce=nonce[0], expires_at=nonce[1]))
-                    held = s.scalars(
-                        select(NodeIdentityRow).where(
-                            NodeIdentityRow.cloud == cloud,
-                            NodeIdentityRow.account == account,
-                            NodeIdentityRow.instance_id == instance_id,
-                        )
-                    ).first()
-                    if held is None:
-                        s.add(
-                            NodeIdentityRow(
-                                cloud=cloud,
-                                account=account,
-                                instance_id=instance_id,
-                                node_id=node_id,
-                                policy_id=policy_id,
-                                joined_at=now,
-                            )
-                        )
-                    else:
-                        holder = s.get(NodeRow, held.node_id)
-                        if holder is not None and holder.removed_at is None:
-                            same = "with this key" if holder.public_key == public_key else "with another key"
-                            raise AttestedJoinRefused(
-                                "instance",
-                                f"{cloud} instance {instance_id} already joined {same} as node {holder.id}:"
-                                " remove that node to join again",
-                                holder.id,
-                            )
-                        held.node_id, held.policy_id, held.joined_at = node_id, policy_id, now
-                    return self._add_node(
-                        s,
-                        node_id,
-                        region,
-                        name,
-                        public_key,
-                        endpoint,
-                        token_hash,
-                        now,
-                        overlay_cidr,
-                        region_prefix,
-                        max_nodes,
-                    )
+                    s.scalars(select(RegionRow).where(RegionRow.id == req.region).with_for_update()).first()
+                    return self._join_in(s, req)
             except IntegrityError as exc:
-                log.info("attested join into %s collided (attempt %d): %s", region, attempt + 1, exc.orig)
+                log.info("join into %s collided (attempt %d): %s", req.region, attempt + 1, exc.orig)
                 _pause(attempt)
         raise StoreError("could not register the node: concurrent joins")
+
+    @classmethod
+    def _join_in(cls, s: Session, req: JoinRequest) -> tuple[Node, int]:
+        """Check, then write, one join in `s` (the region's row locked already): spend the token or
+        the nonce, take the instance identity, allocate the address, add the node, bump the peer
+        generation, record the event. Every refusal is raised before the first write."""
+        now, node_id, region = req.now, req.node_id, req.region
+        reg = s.get(RegionRow, region)
+        if reg is None:
+            raise JoinRefused(f"unknown region {region}")
+        held: NodeIdentityRow | None = None
+        if req.identity is not None:
+            cloud, account, instance_id = req.identity
+            if req.nonce is not None:
+                used = s.get(UsedNonceRow, req.nonce[0])
+                if used is not None and used.expires_at >= now:
+                    raise AttestedJoinRefused("nonce", "this join nonce was used already: ask for a new one")
+            held = s.scalars(
+                select(NodeIdentityRow).where(
+                    NodeIdentityRow.cloud == cloud,
+                    NodeIdentityRow.account == account,
+                    NodeIdentityRow.instance_id == instance_id,
+                )
+            ).first()
+            if held is not None:
+                holder = s.get(NodeRow, held.node_id)
+                if holder is not None and holder.removed_at is None:
+                    same = "with this key" if holder.public_key == req.public_key else "with another key"
+                    raise AttestedJoinRefused(
+                        "instance",
+                        f"{cloud} instance {instance_id} already joined {same} as node {holder.id}:"
+                        " remove that node to join again",
+                        holder.id,
+                    )
+        if req.max_nodes is not None:
+            live = s.execute(
+                select(func.count(NodeRow.id)).where(NodeRow.region == region, NodeRow.removed_at.is_(None))
+            ).scalar_one()
+            if live >= req.max_nodes:
+                raise AttestedJoinRefused("cap", f"{region} has {live} nodes, the most its join policy allows")
+        subnet = region_subnet(req.overlay_cidr, reg.ordinal, req.region_prefix)
+        used_addresses = s.scalars(select(AddressRow.address).where(AddressRow.region == region)).all()
+        address = next_address(subnet, set(used_addresses))
+        if req.join_hash is not None:  # spending the token is its check: no row changes when refused
+            spent = _count(
+                s.execute(
+                    update(JoinTokenRow)
+                    .where(
+                        JoinTokenRow.token_hash == req.join_hash,
+                        JoinTokenRow.uses_left > 0,
+                        JoinTokenRow.expires_at > now,
+                        JoinTokenRow.region == region,
+                    )
+                    .values(uses_left=JoinTokenRow.uses_left - 1)
+                )
+            )
+            if spent != 1:
+                raise JoinRefused("join token unknown, expired, used up, or for another region")
+        # --- writes from here on
+        if req.identity is not None:
+            cloud, account, instance_id = req.identity
+            if req.nonce is not None:
+                s.execute(delete(UsedNonceRow).where(UsedNonceRow.expires_at < now))
+                s.add(UsedNonceRow(nonce=req.nonce[0], expires_at=req.nonce[1]))
+            if held is None:
+                s.add(
+                    NodeIdentityRow(
+                        cloud=cloud,
+                        account=account,
+                        instance_id=instance_id,
+                        node_id=node_id,
+                        policy_id=req.policy_id or "",
+                        joined_at=now,
+                    )
+                )
+            else:
+                held.node_id, held.policy_id, held.joined_at = node_id, req.policy_id or "", now
+        s.add(AddressRow(address=address, region=region, node_id=node_id, allocated_at=now))
+        row = NodeRow(
+            id=node_id,
+            name=req.name,
+            region=region,
+            public_key=req.public_key,
+            endpoint=req.endpoint,
+            overlay_ip=address,
+            token_hash=req.token_hash,
+            joined_at=now,
+            removed_at=None,
+            last_report_at=None,
+            last_seq=None,
+            reports_accepted=0,
+        )
+        gen = row.peer_gen = cls._bump(s, "peer_generation")
+        s.add(row)
+        cls._event(s, now, "join", f"node {req.name} joined {region} as {address}", region=region, node_id=node_id)
+        return Node.of(row), gen
 
     def join_policies(self) -> list[JoinPolicyRecord]:
         with self._tx() as s:
@@ -720,7 +923,7 @@ class Store:
             if row is None or row.removed_at is not None:
                 raise NotFound(node_id)
             row.removed_at = now
-            gen = self._bump(s, "peer_generation")
+            gen = row.peer_gen = self._bump(s, "peer_generation")
             self._event(s, now, "leave", f"node {row.name} removed", region=row.region, node_id=node_id)
             return Node.of(row), gen
 
@@ -738,96 +941,32 @@ class Store:
                 )
             if endpoint is not None:
                 row.endpoint = endpoint
-            gen = self._bump(s, "peer_generation")
+            gen = row.peer_gen = self._bump(s, "peer_generation")
             return Node.of(row), gen
 
-    # --- reports -------------------------------------------------------------------------
+    # --- reports (store/reports.py) -------------------------------------------------------
 
-    def insert_reports(self, rows: Sequence[dict[str, Any]], replica_id: str) -> list[bool]:
-        """Write a batch of reports in one transaction; False marks a duplicate (node_id, seq).
-
-        Core statements built once, on one connection: one multi-row INSERT and one executemany
-        UPDATE of the nodes, whatever the batch size (ORM statements cost more than the write).
-        """
-        if not rows:
-            return []
-        insert_stmt, update_stmt = self._report_statements()
-        values = [
-            {
-                "node_id": r["node_id"],
-                "seq": r["seq"],
-                "window_start": r["window_start"],
-                "received_at": r["received_at"],
-                "replica_id": replica_id,
-                "body": r["body"],
-            }
-            for r in rows
-        ]
-        with self.engine.begin() as conn:
-            inserted = {(n, int(q)) for n, q in conn.execute(insert_stmt, values).all()}
-            written = []  # a window sent twice in one batch is written once, the first time
-            per_node: dict[str, tuple[int, float, int]] = {}
-            for r in rows:
-                key = (r["node_id"], r["seq"])
-                written.append(key in inserted)
-                if written[-1]:
-                    inserted.discard(key)
-                    seq, at, count = per_node.get(r["node_id"], (-1, 0.0, 0))
-                    per_node[r["node_id"]] = (max(seq, r["seq"]), max(at, r["received_at"]), count + 1)
-            if per_node:
-                params = [{"b_id": n, "b_seq": q, "b_at": at, "b_count": k} for n, (q, at, k) in per_node.items()]
-                conn.execute(update_stmt, params)
-        return written
-
-    def _report_statements(self) -> tuple[Any, Any]:
-        if self._report_sql is None:
-            reports, nodes = cast(Table, ReportRow.__table__), cast(Table, NodeRow.__table__)
-            ins = _dialect_insert(self.backend)(reports)
-            insert_stmt = ins.on_conflict_do_nothing(index_elements=["node_id", "seq"]).returning(
-                reports.c.node_id, reports.c.seq
-            )
-            seq = bindparam("b_seq", type_=BigInteger)
-            update_stmt = (
-                update(nodes)
-                .where(nodes.c.id == bindparam("b_id"))
-                .values(
-                    last_seq=case(
-                        (nodes.c.last_seq.is_(None), seq), (nodes.c.last_seq < seq, seq), else_=nodes.c.last_seq
-                    ),
-                    last_report_at=bindparam("b_at"),
-                    reports_accepted=nodes.c.reports_accepted + bindparam("b_count", type_=BigInteger),
-                )
-            )
-            self._report_sql = (insert_stmt, update_stmt)
-        return self._report_sql
+    def insert_reports(self, windows: Sequence[Window], replica_id: str) -> list[bool]:
+        """Write a batch of windows in one transaction; False marks a duplicate (node_id, seq)."""
+        return self.reports.insert(windows, replica_id)
 
     def reports_after(
-        self, after_id: int, exclude_replica: str | None, limit: int = 5000
-    ) -> tuple[list[StoredReport], int]:
-        """Reports newer than a cursor (from other replicas), and the new cursor.
-
-        The cursor moves past our own rows too, so each call reads only what is new.
-        """
-        with self._tx() as s:
-            newest = int(s.execute(select(func.coalesce(func.max(ReportRow.id), 0))).scalar_one())
-            upto = min(newest, after_id + limit)
-            q = select(ReportRow).where(ReportRow.id > after_id, ReportRow.id <= upto).order_by(ReportRow.id)
-            if exclude_replica is not None:
-                q = q.where(ReportRow.replica_id != exclude_replica)
-            return [StoredReport.of(r) for r in s.scalars(q)], max(after_id, upto)
+        self, cursor: int | ReportCursor, exclude_replica: str | None, limit: int = 2048
+    ) -> tuple[list[StoredReport], ReportCursor]:
+        """Windows past a cursor (from other replicas), and the new cursor."""
+        return self.reports.after(cursor, exclude_replica, limit)
 
     def max_report_id(self) -> int:
-        with self._tx() as s:
-            return int(s.execute(select(func.coalesce(func.max(ReportRow.id), 0))).scalar_one())
+        """The report cursor now (reports_after from here reads what comes next)."""
+        return self.reports.cursor()
 
     def recent_reports(self, since: float) -> list[StoredReport]:
-        with self._tx() as s:
-            q = select(ReportRow).where(ReportRow.received_at >= since).order_by(ReportRow.id)
-            return [StoredReport.of(r) for r in s.scalars(q)]
+        return self.reports.recent(since)
 
-    def prune_reports(self, before: float) -> int:
-        with self._tx() as s:
-            return _count(s.execute(delete(ReportRow).where(ReportRow.received_at < before)))
+    def prune_reports(self, windows_before: float, seen_before: float) -> tuple[int, int]:
+        """Drop windows received before `windows_before` and the (node, seq) rows that refuse a
+        window twice received before `seen_before`: (batches, rows) deleted, in short transactions."""
+        return self.reports.prune(windows_before, seen_before)
 
     # --- leadership and published route tables ------------------------------------------
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -76,7 +87,7 @@ class NodeRow(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(63))
-    region: Mapped[str] = mapped_column(ForeignKey("regions.id"))
+    region: Mapped[str] = mapped_column(ForeignKey("regions.id"), index=True)
     public_key: Mapped[str] = mapped_column(String(64))
     endpoint: Mapped[str] = mapped_column(String(64))
     overlay_ip: Mapped[str] = mapped_column(String(45), unique=True)
@@ -86,6 +97,9 @@ class NodeRow(Base):
     last_report_at: Mapped[float | None] = mapped_column(Float)
     last_seq: Mapped[int | None] = mapped_column(BigInteger)
     reports_accepted: Mapped[int] = mapped_column(BigInteger, default=0)
+    peer_gen: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", index=True, doc="the peer generation of its last change"
+    )
 
 
 class AddressRow(Base):
@@ -94,22 +108,48 @@ class AddressRow(Base):
     __tablename__ = "overlay_addresses"
 
     address: Mapped[str] = mapped_column(String(45), primary_key=True)
-    region: Mapped[str] = mapped_column(String(64))
+    region: Mapped[str] = mapped_column(String(64), index=True)
     node_id: Mapped[str] = mapped_column(String(32))
     allocated_at: Mapped[float] = mapped_column(Float)
 
 
 class ReportRow(Base):
+    """An accepted window, kept to refuse it a second time (409) for as long as it could still be
+    accepted (`report_max_age_s` and `report_max_future_s`); its numbers are in `report_batches`.
+
+    Keyed by (node_id, seq) and nothing else: one B-tree on SQLite (WITHOUT ROWID), some 60 bytes
+    a window (see store/reports.py)."""
+
     __tablename__ = "reports"
-    __table_args__ = (UniqueConstraint("node_id", "seq", name="uq_reports_node_seq"),)
+    __table_args__ = (Index("ix_reports_received_at", "received_at"), {"sqlite_with_rowid": False})
+
+    node_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class ReportBatchRow(Base):
+    """The windows one replica committed together, packed (store/reports.py: `pack_batch`): what
+    other replicas fold and a new leader rebuilds link state from. Kept
+    `report_window_retention_s` after the newest of them was received."""
+
+    __tablename__ = "report_batches"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    node_id: Mapped[str] = mapped_column(String(32), index=True)
-    seq: Mapped[int] = mapped_column(BigInteger)
-    window_start: Mapped[float] = mapped_column(Float)
-    received_at: Mapped[float] = mapped_column(Float, index=True)
     replica_id: Mapped[str] = mapped_column(String(64))
-    body: Mapped[str] = mapped_column(Text, doc="the report as JSON text, exactly as accepted")
+    received_at: Mapped[float] = mapped_column(Float, index=True, doc="the newest report's")
+    reports: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ReportNodeRow(Base):
+    """A number per node id named in stored windows (never reused, never deleted): packed
+    windows name nodes by number."""
+
+    __tablename__ = "report_nodes"
+
+    num: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(String(64), unique=True)
 
 
 class EventRow(Base):

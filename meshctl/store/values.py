@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Self
 
+import numpy as np
+
 
 class _FromRow:
     """`of(row)`: copy the fields of this value from an ORM row with the same attribute names."""
@@ -90,19 +92,38 @@ class Node(_FromRow):
     last_report_at: float | None
     last_seq: int | None
     reports_accepted: int
+    peer_gen: int = 0  # the peer generation of its last change (join, key, endpoint, removal)
 
 
-@dataclass(frozen=True, slots=True)
-class StoredReport(_FromRow):
-    """A report as accepted by some replica: `body` is the JSON text exactly as received."""
+@dataclass(frozen=True, slots=True, eq=False)
+class StoredReport:
+    """A window as some replica accepted it (its numbers as stored: store/reports.py).
 
-    id: int
+    `window_start` is in the controller's time (moved by the node's clock offset when it ran
+    beyond tolerance); `columns` is 5 x len(peer_ids) float64, read-only, rows sent, received,
+    p50, p90, jitter (ms), NaN where the report left a figure out. Compared by identity (it
+    holds an array): compare fields.
+    """
+
     node_id: str
     seq: int
     window_start: float
+    window_s: float
     received_at: float
     replica_id: str
-    body: str
+    peer_ids: tuple[str, ...]
+    columns: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class ReportCursor:
+    """How far a reader of stored report batches has read: every batch id up to `after`, but for
+    `gaps`, ids below it not seen yet with when they were first missed (monotonic seconds). On
+    PostgreSQL a transaction can take its id before another and commit after it: its batch
+    appears below a cursor that has moved on."""
+
+    after: int = 0
+    gaps: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

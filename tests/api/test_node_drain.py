@@ -228,3 +228,59 @@ def test_the_command_line_drains_by_name_or_id(controller: ControllerProcess, tm
     assert again.returncode == 7 and "not drained" in again.stderr  # 409: one line, exit 7
     missing = meshctl("node", "drain", "no-such-node", "--reason", "x")
     assert missing.returncode == 6 and "no node with the id or name 'no-such-node'" in missing.stderr
+
+
+def test_a_waiting_peer_long_poll_wakes_at_once_on_a_drain(controller: ControllerProcess) -> None:
+    """The agent learns its drain from the peer long poll it holds, as the agent does it (again and
+    again with the last ETag): a drain of its region, and one of its own, must answer that poll at
+    once (the drain lab allows a second in all), not at a later tick."""
+    controller.add_region(A)
+    controller.add_region(B)
+    a = controller.join_node(A)
+    controller.join_node(B)
+
+    def seen_after(change: Any, drained: bool) -> tuple[float, dict[str, Any]]:
+        out: dict[str, Any] = {}
+        stop = threading.Event()
+
+        def follow() -> None:  # the agent's loop
+            etag = _peers(controller, a).headers["etag"]
+            while not stop.is_set():
+                r = _peers(controller, a, headers={"If-None-Match": etag}, params={"wait": 20}, timeout=30)
+                if r.status_code == 200:
+                    etag = r.headers["etag"]
+                    if r.json()["self_state"]["drained"] is drained and "sent" in out:
+                        out["at"], out["me"] = time.monotonic(), r.json()["self_state"]
+                        return
+
+        t = threading.Thread(target=follow)
+        t.start()
+        time.sleep(0.5)  # the poll is waiting
+        out["sent"] = time.monotonic()
+        change()
+        t.join(25)
+        stop.set()
+        assert "at" in out, "the poll never saw the change"
+        return out["at"] - out["sent"], out["me"]
+
+    def drain_region() -> None:
+        with controller.client() as c:
+            assert c.post(f"/v1/regions/{A}/drain", json={"reason": "provider incident"}).status_code == 200
+
+    took, me = seen_after(drain_region, True)
+    assert me["scope"] == "region"
+    assert took < 1.0, f"the region drain reached the waiting poll after {took:.2f} s"
+
+    def undrain_region() -> None:
+        with controller.client() as c:
+            assert c.delete(f"/v1/regions/{A}/drain").status_code == 200
+
+    took, me = seen_after(undrain_region, False)
+    assert took < 1.0, took
+
+    def drain_node() -> None:
+        with controller.client() as c:
+            assert c.post(f"/v1/nodes/{a['node_id']}/drain", json={"reason": "kernel upgrade"}).status_code == 200
+
+    took, me = seen_after(drain_node, True)
+    assert me["scope"] == "node" and took < 1.0, took

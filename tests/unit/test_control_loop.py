@@ -154,7 +154,7 @@ class Mesh:
             "peers": peers,
         }
         raw = json.dumps(body)
-        return await self.r.ctl.ingest(self.nodes[src], codec.parse_report(raw), raw)
+        return await self.r.ctl.ingest(self.nodes[src], codec.parse_report(raw))
 
     async def second(self, reporting: tuple[str, ...], rtts: dict[tuple[str, str], float] = TRIANGLE) -> None:
         """One second of mesh life: the reporting regions report, the clock moves, the loop ticks."""

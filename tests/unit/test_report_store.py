@@ -1,13 +1,17 @@
-"""Store.insert_reports: one transaction per batch, duplicates told apart, node counters kept."""
+"""Store.insert_reports: one transaction per batch, duplicates told apart, node counters kept.
+
+The packed form of the windows and their pruning: tests/unit/test_report_packing.py."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 from meshctl.store.db import Store
+from meshctl.store.reports import Window
 from meshctl.store.values import Node, Region
 
 
@@ -36,8 +40,10 @@ def store(database_url: str) -> Iterator[Store]:
         st.close()
 
 
-def row(node: str, seq: int, at: float) -> dict[str, object]:
-    return {"node_id": node, "seq": seq, "window_start": at - 5, "received_at": at, "body": f'{{"seq": {seq}}}'}
+def row(node: str, seq: int, at: float) -> Window:
+    peer = "n-b" if node == "n-a" else "n-a"
+    columns = np.array([[10.0], [9.0], [20.0 + seq], [21.5], [0.25]])
+    return Window(node, seq, at - 5, at, 5.0, [peer], columns)
 
 
 def test_batches_duplicates_and_counters(store: Store) -> None:
@@ -49,8 +55,9 @@ def test_batches_duplicates_and_counters(store: Store) -> None:
     assert (nodes["n-a"].last_seq, nodes["n-a"].reports_accepted, nodes["n-a"].last_report_at) == (3, 3, 20.0)
     assert (nodes["n-b"].last_seq, nodes["n-b"].reports_accepted, nodes["n-b"].last_report_at) == (7, 1, 11.0)
     rows, cursor = store.reports_after(0, "r1")
-    assert [(r.node_id, r.seq, r.replica_id, r.body) for r in rows] == [("n-a", 2, "r2", '{"seq": 2}')]
-    assert cursor == store.max_report_id()
+    assert [(r.node_id, r.seq, r.replica_id, r.window_start, r.window_s) for r in rows] == [("n-a", 2, "r2", 15.0, 5.0)]
+    assert rows[0].peer_ids == ("n-b",) and rows[0].columns.tolist() == [[10.0], [9.0], [22.0], [21.5], [0.25]]
+    assert cursor.after == store.max_report_id() and not cursor.gaps
 
 
 def test_an_acknowledged_write_is_synced_to_disk(database_url: str) -> None:

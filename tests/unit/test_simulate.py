@@ -70,3 +70,56 @@ def test_small_fleet_nothing_lost_and_the_dark_region_drained() -> None:
     assert dark in result["drained"]
     assert result["outage_to_drain_s"][dark] is not None and result["outage_to_drain_s"][dark] > 0
     assert result["route_queries"] > 0
+
+
+@pytest.mark.slow
+def test_two_replicas_on_postgresql_store_every_acknowledged_report_and_say_how_ingestion_scaled() -> None:
+    """Issue 18: the same fleet on 1 and then 2 replicas of one PostgreSQL store, each node reporting
+    to one replica (as behind a load balancer): the acknowledged count equals the stored count in
+    both runs, each run has a database of its own, and the last line says how ingestion scaled."""
+    from tests.conftest import PG_URL, _pg_available
+
+    if not _pg_available():
+        pytest.fail(f"PostgreSQL is not reachable at {PG_URL}")
+    fleet = ["--regions", "3", "--nodes-per-region", "2", "--duration", "6", "--window", "1", "--route-qps", "5"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.bench_scale",
+            *fleet,
+            "--database-url",
+            PG_URL,
+            "--replicas",
+            "1,2",
+            "-o",
+            "json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result) >= KEYS
+    first, last = result["runs"]
+    assert (first["replicas"], last["replicas"]) == (1, 2) == tuple(result["scaling"]["replicas"])
+    for run in (first, last):
+        assert run["database"] == "postgresql"
+        assert run["acknowledged"] > 0 and run["lost"] == 0
+        assert run["stored"] == run["acknowledged"]  # a fresh database per run: no earlier run's rows
+    assert result["scaling"]["ratio"] == round(last["reports_per_s"] / first["reports_per_s"], 2)
+    assert "ingestion with replicas: 1 -> 2" in proc.stdout
+
+
+def test_several_replicas_need_postgresql() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.bench_scale", "--regions", "2", "--nodes-per-region", "1", "--replicas", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "PostgreSQL" in proc.stderr

@@ -28,7 +28,7 @@ ETAG_HEADERS: dict[str, Any] = {
     responses=problem_responses(401, 403, 404, 409, *BODY, 503),
     openapi_extra={"security": []},  # no bearer token: the join token or the signed document is the proof
 )
-async def join(body: s.NodeJoin, ctl: Ctl) -> s.NodeJoined:
+async def join(body: s.NodeJoin, ctl: Ctl) -> Response:
     """Join with a join token (labs, on-prem) or by cloud identity (`attestation`), exactly one of the two;
     the node keeps its private key, we keep its public key.
 
@@ -37,7 +37,7 @@ async def join(body: s.NodeJoin, ctl: Ctl) -> s.NodeJoined:
     admits it (the rule is named), or `forbidden` when the join token is unknown, expired, used up or
     for another region; 409 when the same cloud instance is a live node already (remove it first).
     """
-    return await ctl.join(body)
+    return Response(await ctl.join_json(body), status_code=201, media_type="application/json")
 
 
 @router.get("", response_model=list[s.NodeOut], responses=problem_responses(*AUTH, 422))
@@ -96,24 +96,22 @@ async def peers(
     node_id: NodeId,
     ctl: Ctl,
     who: AnyCaller,
-    response: Response,
     if_none_match: Annotated[str | None, Header(description="An ETag from an earlier answer")] = None,
     wait: Annotated[
         float, Query(ge=0, le=30, description="Long poll: with If-None-Match, hold up to this many seconds")
     ] = 0,
-) -> s.PeerList | Response:
+) -> Response:
     """The node's peers; with If-None-Match and `wait`, a long poll until they change."""
     _self_or_reader(who, node_id)
     ctl.get_node(node_id)
     start = ctl.peer_generation
     if wait > 0 and s.etag_matches(if_none_match, s.peers_etag(start)):
-        await ctl.wait_changed(lambda: ctl.peer_generation != start or node_id not in ctl.nodes, wait)
-    peer_list = ctl.peers_of(node_id)
-    etag = s.peers_etag(peer_list.generation)
+        await ctl.wait_peers(node_id, start, wait)
+    etag = s.peers_etag(ctl.peer_generation)
     if s.etag_matches(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
-    response.headers["ETag"] = etag
-    return peer_list
+    # the list as the peer book keeps it: one copy of each entry's JSON, no model per peer
+    return Response(ctl.peers_json(node_id), media_type="application/json", headers={"ETag": etag})
 
 
 @router.put("/{node_id}/key", response_model=s.NodeOut, responses=problem_responses(*AUTH, 404, *BODY, 503))

@@ -42,8 +42,9 @@ async def _post_report(request: Request) -> Response:
     """`POST /v1/reports` without dependency injection: the 1,000-reports/s path.
 
     Auth comes from the controller's in-memory token cache; the body is decoded once by msgspec
-    (pydantic's ReportIn answers for anything msgspec does not take) and stored as the text it
-    came as. Errors are raised to the app's handlers, so they read exactly as on any route.
+    (pydantic's ReportIn answers for anything msgspec does not take); its columns are stored
+    (packed: meshctl/store/reports.py), not the text. Errors are raised to the app's handlers,
+    so they read exactly as on any route.
     """
     ctl: Controller = request.app.state.controller
     who = await ctl.authenticate(bearer(request))
@@ -55,7 +56,7 @@ async def _post_report(request: Request) -> Response:
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
         raise RequestValidationError(errors) from exc
-    ack = await ctl.ingest(who, report, raw.decode(), sent_at=_sent_at(request))
+    ack = await ctl.ingest(who, report, sent_at=_sent_at(request))
     offset = ctl.clock_offset(who.id)
     headers = None if offset is None else {CLOCK_OFFSET_HEADER: f"{offset:.3f}"}
     return Response(ack.model_dump_json(), status_code=202, media_type="application/json", headers=headers)
