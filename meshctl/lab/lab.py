@@ -10,7 +10,7 @@ Faults: a region or a link blackholed, lossy or slowed in the router; a blackhol
 also cut off from the controller (its reports stop, as in a real regional outage); the
 controller can be cut off from every agent at once (`fault_controller`) to show it fails static.
 
-Why ~870 lines in one module: every part (set-up, repair, teardown, faults, status) reads and
+Why ~880 lines in one module: every part (set-up, repair, teardown, faults, status) reads and
 writes the one `LabState` and its process records, and the teardown must find what any of them
 left behind; the network (`netns`), topology and WAN router are already apart. Splitting the
 rest (e.g. faults and status out) is worth doing with the root-only lab tests at hand.

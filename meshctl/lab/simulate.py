@@ -16,7 +16,7 @@ What it measures is in `Result`; `meshctl lab simulate` shows it live, `bench.be
 it (and one JSON line). One simulator process: its own CPU and how late it sent windows are in
 the result (`sim_cpu_percent`, `sim_lag_p99_ms`), so a run that could not keep up says so.
 
-About 775 lines as one module because most of it is `Simulation`, one run's shared state (fleet,
+About 870 lines as one module because most of it is `Simulation`, one run's shared state (fleet,
 schedule, counters) and the tasks that read it; it would split first at the measuring side (the
 /proc, database and /metrics readers, and the summary) into their own module.
 """
@@ -297,20 +297,16 @@ def _is_postgresql(url: str | None) -> bool:
     return url is not None and url.startswith(("postgresql", "postgres://"))
 
 
-def _sa_url(url: str) -> str:
-    if url.startswith(("postgresql://", "postgres://")):  # the driver installed is psycopg 3
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
-
-
 @contextlib.contextmanager
 def fresh_database(server_url: str) -> Iterator[str]:
     """A new, empty database on the PostgreSQL server of `server_url` for one run, dropped after it:
     a run's stored count is its own (and a bench never writes into the database it was pointed at)."""
     import sqlalchemy as sa
 
+    from meshctl.store.db import make_engine
+
     name = f"meshsim_{secrets.token_hex(6)}"
-    engine = sa.create_engine(_sa_url(server_url), isolation_level="AUTOCOMMIT")
+    engine = make_engine(server_url).execution_options(isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as c:
             c.execute(sa.text(f'CREATE DATABASE "{name}"'))
@@ -351,7 +347,9 @@ def stored_by_node(database_url: str) -> dict[str, int]:
     """Accepted windows per node, as the store has them (whichever replica took them)."""
     import sqlalchemy as sa
 
-    engine = sa.create_engine(_sa_url(database_url))
+    from meshctl.store.db import make_engine
+
+    engine = make_engine(database_url)
     try:
         with engine.connect() as c:
             rows = c.execute(sa.text("select node_id, count(*) from reports group by node_id"))
@@ -363,7 +361,9 @@ def stored_by_node(database_url: str) -> dict[str, int]:
 def _scalar(database_url: str, sql: str) -> int:
     import sqlalchemy as sa
 
-    engine = sa.create_engine(_sa_url(database_url))
+    from meshctl.store.db import make_engine
+
+    engine = make_engine(database_url)
     try:
         with engine.connect() as c:
             return int(c.execute(sa.text(sql)).scalar_one())

@@ -9,7 +9,7 @@
     loop.py        the control loop (recompute, drains, publication), through the public
                    methods under "the control loop's side" below and nothing else
 
-About 600 lines because it is the whole surface the API sees: one short delegating method per
+About 630 lines because it is the whole surface the API sees: one short delegating method per
 operation, the logic in the modules above.
 
 Reads (routes, links, placement, regions) are answered from memory. Writes a client is told

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,18 +51,24 @@ def test_regions_past_the_table_are_copies_with_their_own_ids() -> None:
     assert rtt(0, 69) == 2.0  # region 69 is a copy of region 0
 
 
+def bench_scale(*args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
+    """`python -m bench.bench_scale ARGS` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "bench.bench_scale", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The run's JSON line (its last), once it exited 0."""
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
 @pytest.mark.slow
 def test_small_fleet_nothing_lost_and_the_dark_region_drained() -> None:
     fleet = ["--regions", "3", "--nodes-per-region", "2", "--duration", "12", "--window", "1"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.bench_scale", *fleet, "--route-qps", "5", "--fault", "dark:1@2", "-o", "json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = last_json(bench_scale(*fleet, "--route-qps", "5", "--fault", "dark:1@2", "-o", "json"))
     assert set(result) >= KEYS
     assert result["acknowledged"] > 0 and result["reports_per_s"] > 0
     assert result["lost"] == 0
@@ -82,26 +89,8 @@ def test_two_replicas_on_postgresql_store_every_acknowledged_report_and_say_how_
     if not _pg_available():
         pytest.fail(f"PostgreSQL is not reachable at {PG_URL}")
     fleet = ["--regions", "3", "--nodes-per-region", "2", "--duration", "6", "--window", "1", "--route-qps", "5"]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.bench_scale",
-            *fleet,
-            "--database-url",
-            PG_URL,
-            "--replicas",
-            "1,2",
-            "-o",
-            "json",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc = bench_scale(*fleet, "--database-url", PG_URL, "--replicas", "1,2", "-o", "json")
+    result = last_json(proc)
     assert set(result) >= KEYS
     first, last = result["runs"]
     assert (first["replicas"], last["replicas"]) == (1, 2) == tuple(result["scaling"]["replicas"])
@@ -114,12 +103,6 @@ def test_two_replicas_on_postgresql_store_every_acknowledged_report_and_say_how_
 
 
 def test_several_replicas_need_postgresql() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.bench_scale", "--regions", "2", "--nodes-per-region", "1", "--replicas", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = bench_scale("--regions", "2", "--nodes-per-region", "1", "--replicas", "2", timeout=60)
     assert proc.returncode != 0
     assert "PostgreSQL" in proc.stderr
