@@ -297,16 +297,22 @@ def _is_postgresql(url: str | None) -> bool:
     return url is not None and url.startswith(("postgresql", "postgres://"))
 
 
+def _sa_url(url: str) -> str:
+    """The URL for SQLAlchemy with psycopg 3 (the lab may not import the store's `make_engine`:
+    it drives the mesh from outside, the import contracts say so)."""
+    if url.startswith(("postgresql://", "postgres://")):  # the driver installed is psycopg 3
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
 @contextlib.contextmanager
 def fresh_database(server_url: str) -> Iterator[str]:
     """A new, empty database on the PostgreSQL server of `server_url` for one run, dropped after it:
     a run's stored count is its own (and a bench never writes into the database it was pointed at)."""
     import sqlalchemy as sa
 
-    from meshctl.store.db import make_engine
-
     name = f"meshsim_{secrets.token_hex(6)}"
-    engine = make_engine(server_url).execution_options(isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(_sa_url(server_url), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as c:
             c.execute(sa.text(f'CREATE DATABASE "{name}"'))
@@ -347,9 +353,7 @@ def stored_by_node(database_url: str) -> dict[str, int]:
     """Accepted windows per node, as the store has them (whichever replica took them)."""
     import sqlalchemy as sa
 
-    from meshctl.store.db import make_engine
-
-    engine = make_engine(database_url)
+    engine = sa.create_engine(_sa_url(database_url))
     try:
         with engine.connect() as c:
             rows = c.execute(sa.text("select node_id, count(*) from reports group by node_id"))
@@ -361,9 +365,7 @@ def stored_by_node(database_url: str) -> dict[str, int]:
 def _scalar(database_url: str, sql: str) -> int:
     import sqlalchemy as sa
 
-    from meshctl.store.db import make_engine
-
-    engine = make_engine(database_url)
+    engine = sa.create_engine(_sa_url(database_url))
     try:
         with engine.connect() as c:
             return int(c.execute(sa.text(sql)).scalar_one())
