@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -41,6 +39,7 @@ from meshctl.service.metrics import Metrics
 from meshctl.service.peerbook import PeerBook, PeerBookCollector, splice
 from meshctl.service.snapshot import Snapshot, from_body, to_body
 from meshctl.service.state import MeshState, check_region_id
+from meshctl.service.store_queue import StoreQueue
 from meshctl.service.views import Views, ts
 from meshctl.settings import Settings
 from meshctl.store.db import JoinRefused, JoinRequest, NotFound, Store
@@ -64,10 +63,8 @@ class Controller:
         self.weights = settings.routing_weights()
         # SQLite takes one writer at a time: funnel every store call through one thread, so
         # writers queue in Python instead of sleeping in SQLite's busy handler (measured: 100+ ms
-        # stalls with several threads). PostgreSQL gets a small pool.
-        self._db_pool = ThreadPoolExecutor(
-            max_workers=1 if store.backend == "sqlite" else 8, thread_name_prefix="store"
-        )
+        # stalls with several threads). PostgreSQL gets a small pool. Drains take the fast lane.
+        self._db_pool = StoreQueue(workers=1 if store.backend == "sqlite" else 8)
         self.state = MeshState(store, self.db, settings.node_down_after_s)
         self.leadership = Leadership(settings.replica_id, self.metrics)
         self.reports = Ingest(
@@ -105,8 +102,12 @@ class Controller:
         self.metrics.watch(self)  # per-link and per-region series, read from the snapshot at scrape time
 
     def db(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> asyncio.Future[T]:
-        """Run a store call on the store's thread(s)."""
-        return asyncio.get_running_loop().run_in_executor(self._db_pool, functools.partial(fn, *args, **kwargs))
+        """Run a store call on the store's thread(s), after the calls queued before it."""
+        return self._db_pool.run(fn, *args, **kwargs)
+
+    def db_urgent(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """Run a store call ahead of every ordinary one still waiting (drains: the agents wait for them)."""
+        return self._db_pool.run(fn, *args, urgent=True, **kwargs)
 
     # --- what the API reads ----------------------------------------------------------------
 
@@ -162,7 +163,7 @@ class Controller:
             if self.is_leader:
                 await self.db(self.store.release, self.leadership.fence)
             await self.db(self.store.forget_replica, self.settings.replica_id)  # the id is free at once
-        self._db_pool.shutdown(wait=False)
+        self._db_pool.shutdown()
 
     async def _ensure_admin_token(self) -> None:
         now = self.clock()
@@ -255,7 +256,7 @@ class Controller:
         """Drain a region: its agents' long polls are answered at once (one store write first, no
         reload), then the routes move around it."""
         region = self.get_region(region_id)
-        drain, gen = await self.db(self.store.set_drain, region_id, "manual", reason, by, self.clock())
+        drain, gen = await self.db_urgent(self.store.set_drain, region_id, "manual", reason, by, self.clock())
         await self.drain_stored(drain, gen)
         self.metrics.events.labels("drain").inc()
         await self.reload_config()  # (a region or token another replica changed meanwhile)
@@ -266,7 +267,7 @@ class Controller:
         region = self.get_region(region_id)
         if region_id not in self.state.drains:
             raise Conflict(f"region {region_id} is not drained", field="region")
-        gen = await self.db(self.store.remove_drain, region_id, f"undrained by {by}", by, self.clock())
+        gen = await self.db_urgent(self.store.remove_drain, region_id, f"undrained by {by}", by, self.clock())
         if gen is not None:  # (None: another replica lifted it first; the reload below shows that)
             await self.undrain_stored(region_id, gen)
             self.metrics.events.labels("undrain").inc()
@@ -288,7 +289,7 @@ class Controller:
         """Drain one node: no new sessions, no relaying; its agent learns it by its peer long poll."""
         self.get_node(node_id)
         try:
-            drain, gen = await self.db(self.store.set_node_drain, node_id, reason, by, self.clock())
+            drain, gen = await self.db_urgent(self.store.set_node_drain, node_id, reason, by, self.clock())
         except NotFound as exc:
             raise Missing(f"unknown node {node_id!r}", field="node_id") from exc
         self._forget(await self.state.put_node_drain(drain, gen))
@@ -300,7 +301,7 @@ class Controller:
     async def undrain_node(self, node_id: str, by: str) -> s.NodeOut:
         """Lift a node's drain (409 when it has none; its region's drain is lifted on the region)."""
         node = self.get_node(node_id)
-        gen = await self.db(self.store.remove_node_drain, node_id, f"undrained by {by}", by, self.clock())
+        gen = await self.db_urgent(self.store.remove_node_drain, node_id, f"undrained by {by}", by, self.clock())
         if gen is None:
             raise Conflict(f"node {node.name} ({node_id}) is not drained", field="node_id")
         self._forget(await self.state.drop_node_drain(node_id, gen))

@@ -239,7 +239,7 @@ class ControlLoop:
         for ev in events:
             if ev.kind == "drain" and ev.region is not None:
                 try:
-                    drain, gen = await ctl.db(
+                    drain, gen = await ctl.db_urgent(
                         ctl.store.set_drain, ev.region, "auto", ev.reason, "controller", now, fence
                     )
                 except StoreError:
@@ -248,7 +248,7 @@ class ControlLoop:
                 await ctl.drain_stored(drain, gen)  # the region's agents hear it now, not after this tick
             elif ev.kind == "undrain" and ev.region is not None:
                 try:
-                    lifted = await ctl.db(
+                    lifted = await ctl.db_urgent(
                         ctl.store.remove_drain, ev.region, ev.reason, "controller", now, fence, "auto"
                     )
                 except StoreError:
