@@ -24,6 +24,11 @@ import numpy as np
 # a padded (groups x largest group) matrix is sorted only while it is at most this many
 # times the number of samples; skewed groups fall back to one lexsort per field
 _PAD_LIMIT = 4
+# A smoothed loss below this is no loss. An exponential average of a loss that stopped halves at
+# every window and never reaches 0 (1e-20 % a minute after one lost probe in 1 s windows), and a
+# link that says "0.0000000001 % loss" for a quarter of an hour is not one a person calls clean.
+# One lost probe in a window of 300 is 0.33 %: the floor is far below anything measured.
+LOSS_FLOOR_PERCENT = 0.01
 
 
 class RegionLink(NamedTuple):
@@ -150,6 +155,8 @@ class LinkBook:
             and 0 <= at - d["at"][slot] <= self.smoothing_horizon_s
         ):
             loss_percent = self.loss_smoothing * loss_percent + (1 - self.loss_smoothing) * float(d["loss"][slot])
+            if loss_percent < LOSS_FLOOR_PERCENT:
+                loss_percent = 0.0
         self._pair[slot] = pid
         d["p50"][slot] = math.inf if lost or rtt_p50_ms is None else rtt_p50_ms
         d["p90"][slot] = math.inf if lost else (rtt_p90_ms if rtt_p90_ms is not None else rtt_p50_ms)
@@ -196,7 +203,8 @@ class LinkBook:
             age = at - d["at"][slots]  # NaN for a slot never written: not recent
             recent = (self._pair[slots] == pids) & (age >= 0) & (age <= self.smoothing_horizon_s)
             w = self.loss_smoothing
-            loss = np.where(recent, w * loss + (1 - w) * d["loss"][slots], loss)
+            smoothed = w * loss + (1 - w) * d["loss"][slots]
+            loss = np.where(recent, np.where(smoothed < LOSS_FLOOR_PERCENT, 0.0, smoothed), loss)
         self._pair[slots] = pids
         d["p50"][slots] = np.where(lost, math.inf, p50)
         d["p90"][slots] = np.where(lost, math.inf, np.where(np.isnan(p90), p50, p90))

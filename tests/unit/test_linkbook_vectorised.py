@@ -206,3 +206,22 @@ def test_loss_is_smoothed_over_windows_of_the_same_pair() -> None:
     book.record("a", "aws:x", "b", "gcp:y", None, None, None, 100.0, 21.0)  # nothing back: unusable at once
     link = book.fold(21.0, 30.0)[("aws:x", "gcp:y")]
     assert link.rtt_p50_ms == float("inf") and link.loss_percent == 80.0
+
+
+def test_a_loss_that_stopped_goes_back_to_zero() -> None:
+    """The average halves at each clean window; below LOSS_FLOOR_PERCENT it is 0, not 1e-20 forever
+    (the lab's convergence check, and a person reading `meshctl links`, want a clean link to say 0)."""
+    book = LinkBook(loss_smoothing=0.5, smoothing_horizon_s=10.0)
+    vectorised = LinkBook(loss_smoothing=0.5, smoothing_horizon_s=10.0)
+    seen = []
+    for t in range(40):
+        loss = 20.0 if t == 0 else 0.0  # one probe of five lost, then clean windows
+        book.record("a", "aws:x", "b", "gcp:y", 10.0, 11.0, 0.5, loss, float(t))
+        arrays = [np.array([v]) for v in (10.0, 11.0, 0.5, loss)]
+        vectorised.record_report("a", "aws:x", ["b"], lambda _: "gcp:y", *arrays, at=float(t))
+        seen.append(book.fold(float(t), 30.0)[("aws:x", "gcp:y")].loss_percent)
+        assert vectorised.fold(float(t), 30.0)[("aws:x", "gcp:y")].loss_percent == seen[-1]
+    assert seen[:4] == [20.0, 10.0, 5.0, 2.5]
+    first_zero = seen.index(0.0)
+    assert all(x > 0 for x in seen[:first_zero]) and all(x == 0.0 for x in seen[first_zero:])
+    assert first_zero == 11  # 20 / 2**11 = 0.0098 % < LOSS_FLOOR_PERCENT: 11 clean windows, not a quarter of an hour
