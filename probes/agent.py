@@ -367,8 +367,11 @@ class Agent:
                 return
             sent_to = self.outstanding.get(pkt.sender_seq)
             if sent_to is not None and sent_to[0] == peer["node_id"]:
-                if self.loss.replied(sent_to[0], pkt.sender_seq, time.monotonic()):
+                # in time or not by when the kernel had it, not when a busy event loop got to it
+                arrived = time.monotonic() - max(0.0, time.time() - received)
+                if self.loss.replied(sent_to[0], pkt.sender_seq, arrived):
                     log.info("peer %s answers again", sent_to[0])
+                self.dataplane.watch.probe_replied(sent_to[0], pkt.sender_seq, arrived)
                 sent_to[1].on_reply(pkt.sender_seq, pkt.rtt_seconds(received) * 1000.0)
                 self.answered.add(sent_to[0])
                 self.m_replies.inc()
@@ -416,7 +419,9 @@ class Agent:
         with contextlib.suppress(BlockingIOError, OSError):
             sender.sendto(pkt, (peer.get("probe_ip") or peer["overlay_ip"], self.cfg.stamp_port))
         windows[peer["node_id"]].on_sent()
-        self.loss.sent(peer["node_id"], seq, time.monotonic())
+        now = time.monotonic()
+        self.loss.sent(peer["node_id"], seq, now)
+        self.dataplane.watch.probe_sent(peer["node_id"], seq, now)  # it counts as a heartbeat too
         self.outstanding[seq] = (peer["node_id"], windows[peer["node_id"]])
         seqs.append(seq)
         self.m_sent.inc()

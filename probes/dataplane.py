@@ -40,6 +40,7 @@ HEARTBEAT_THRESHOLD = 3  # lost in a row: the next hop is down
 HEARTBEAT_TIMEOUT_S = 0.4  # above the longest RTT between regions (~250 ms), below the reply timeout
 WATCH_PER_REGION = 2  # nodes watched in a region reached directly
 WARMUP_S = 2.0  # a new next hop is heartbeaten once its tunnel has had time to come up
+PROBE_SEQ_OFFSET = 1 << 32  # the agent's probes in the heartbeat tracker: apart from heartbeat seqs
 
 
 @dataclass
@@ -163,7 +164,14 @@ def disable_forwarding(ifname: str, keep_sysctl: bool = False) -> None:
 
 class NextHopWatch:
     """Heartbeats (STAMP test packets, from this node's probe address to each watched peer's) at
-    HEARTBEAT_HZ, a `LossTracker` over them, and `on_change()` at every down/up transition."""
+    HEARTBEAT_HZ, a `LossTracker` over them, and `on_change()` at every down/up transition.
+
+    The agent's own probes to a watched next hop count as heartbeats (`probe_sent`,
+    `probe_replied`): a next hop probed within the last heartbeat interval gets no heartbeat of its
+    own, so a next hop that is also a probe target (most are) costs HEARTBEAT_HZ packets a second in
+    all, not HEARTBEAT_HZ plus the probe rate. Heartbeats due together leave together, one wake-up
+    per interval (they measure loss, not RTT: a burst of 44-byte packets queues behind nothing).
+    """
 
     def __init__(self, stamp_port: int, on_change: Callable[[], None]) -> None:
         self.stamp_port = stamp_port
@@ -177,11 +185,13 @@ class NextHopWatch:
         self._sock: socket.socket | None = None
         self._bound_to: str | None = None
         self._seq = 0
+        self._probed: dict[str, float] = {}  # node id -> when the agent last probed it (monotonic)
 
     def set_targets(self, own_probe_ip: str | None, targets: Mapping[str, str]) -> None:
         self.targets = dict(targets)
         now = time.monotonic()
         self._since = {n: self._since.get(n, now) for n in self.targets}
+        self._probed = {n: t for n, t in self._probed.items() if n in self.targets}
         self._by_addr = {ip: n for n, ip in self.targets.items()}
         self.tracker.forget(self.targets)
         if own_probe_ip and own_probe_ip != self._bound_to:
@@ -208,6 +218,21 @@ class NextHopWatch:
             return
         log.warning("next hop %s %s", node_id, "down: switching its paths to their backups" if is_down else "back")
         asyncio.get_running_loop().call_soon(self.on_change)  # not inside the tracker's own pass
+
+    def _warm(self, node_id: str, now: float) -> bool:
+        return node_id in self.targets and now - self._since.get(node_id, now) >= WARMUP_S
+
+    def probe_sent(self, node_id: str, seq: int, at: float) -> None:
+        """The agent sent probe `seq` to `node_id` at `at` (monotonic): a heartbeat if it is watched."""
+        if self._warm(node_id, at):
+            self.tracker.sent(node_id, PROBE_SEQ_OFFSET + seq, at)
+            self._probed[node_id] = at
+
+    def probe_replied(self, node_id: str, seq: int, at: float) -> None:
+        """The reply to probe `seq` came at `at` (monotonic, when the kernel had it)."""
+        if node_id in self.targets:
+            self.tracker.replied(node_id, PROBE_SEQ_OFFSET + seq, at)
+            self.answered.add(node_id)
 
     def _receive(self) -> None:
         """Every waiting reply, timed by the kernel's receive stamp (a busy event loop is not a loss)."""
@@ -237,20 +262,28 @@ class NextHopWatch:
         interval = 1.0 / HEARTBEAT_HZ
         due = time.monotonic()
         while True:
-            targets = list(self.targets.items())
-            step = interval / max(1, len(targets))
-            for node, ip in targets or [("", "")]:
-                if node and self._sock is not None and time.monotonic() - self._since.get(node, 0.0) >= WARMUP_S:
-                    seq = self._seq & 0xFFFFFFFF
-                    self._seq += 1
-                    pkt = SenderPacket(seq=seq, timestamp=to_ntp(time.time())).encode()
-                    with contextlib.suppress(BlockingIOError, OSError):
-                        self._sock.sendto(pkt, (ip, self.stamp_port))
-                    self.tracker.sent(node, seq, time.monotonic())
-                self._receive()  # replies already in, first: a late event loop must not turn them into losses
-                self.tracker.expire(time.monotonic())
-                due = max(due + step, time.monotonic() - interval)  # on schedule, without a burst after a stall
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            self._receive()  # replies already in, first: a late event loop must not turn them into losses
+            self.tracker.expire(time.monotonic())
+            self.send_heartbeats(time.monotonic(), interval)
+            due = max(due + interval, time.monotonic() - interval)  # on schedule, without a burst after a stall
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    def send_heartbeats(self, now: float, interval: float) -> int:
+        """A heartbeat to every warm target not probed in the last 3/4 interval; how many were sent."""
+        if self._sock is None:
+            return 0
+        sent = 0
+        for node, ip in self.targets.items():
+            if not self._warm(node, now) or now - self._probed.get(node, -interval) < 0.75 * interval:
+                continue
+            seq = self._seq & 0xFFFFFFFF
+            self._seq += 1
+            pkt = SenderPacket(seq=seq, timestamp=to_ntp(time.time())).encode()
+            with contextlib.suppress(BlockingIOError, OSError):
+                self._sock.sendto(pkt, (ip, self.stamp_port))
+            self.tracker.sent(node, seq, now)
+            sent += 1
+        return sent
 
     def close(self) -> None:
         if self._sock is not None:
