@@ -616,7 +616,8 @@ def calibrate(state: LabState, say: Say = _quiet) -> float:
     # The lab's cost is a floor with the CPU's queueing on top, and `up` runs while a dozen agents
     # start: the median of one burst read 1-2.5 ms, and taking that off every path left the links
     # 1.1-1.4 ms *below* the topology once the machine calmed down (a network is never faster than
-    # its RTT). The lower quintile of a few bursts, spread out, is what the lab adds when not busy.
+    # its RTT). The lower quintile still read 2-5 ms on a slow day (the Tokyo links then 1.4-3 ms
+    # against 4.1). The fastest of a few bursts, spread out, is the floor: queueing only adds.
     times: list[float] = []
     for burst in range(CALIBRATION_BURSTS):
         if burst:
@@ -626,8 +627,7 @@ def calibrate(state: LabState, say: Say = _quiet) -> float:
     if len(times) < 10:
         say(f"calibration skipped: only {len(times)} of {15 * CALIBRATION_BURSTS} pings over the overlay answered")
         return 0.0
-    times.sort()
-    floor = max(0.0, times[len(times) // 5] - topo.rtt(a.region, b.region))
+    floor = max(0.0, min(times) - topo.rtt(a.region, b.region))
     state.calibration_ms = round(min(floor, 10.0) / 2, 3)
     router_command(state, {"op": "calibrate", "one_way_ms": state.calibration_ms})
     say(f"calibrated: the lab's own forwarding adds {floor:.2f} ms per round trip; the router takes it off")
