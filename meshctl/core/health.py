@@ -11,7 +11,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from meshctl.core.links import RegionLink
+import numpy as np
+
+from meshctl.core.links import LinkTable, PairIndex, RegionLink
 
 State = Literal["active", "degraded", "drained"]
 
@@ -80,49 +82,69 @@ def initial_state(regions: Sequence[str]) -> HealthState:
     return HealthState(regions={r: RegionHealthState() for r in regions})
 
 
-def _bad_kind(link: RegionLink, baseline: float | None, policy: HealthPolicy) -> str | None:
-    """Which way this observer sees the target bad ("loss" or "rtt"), or None."""
-    if link.loss_percent >= policy.bad_loss_percent or not math.isfinite(link.rtt_p50_ms):
-        return "loss"
-    if baseline is not None and link.rtt_p50_ms > baseline * policy.bad_rtt_ratio + policy.bad_rtt_extra_ms:
-        return "rtt"
-    return None
+class Baselines:
+    """The lowest RTT p50 seen per link: what `observe` holds a link's RTT against."""
+
+    def __init__(self) -> None:
+        self._index = PairIndex()
+        self._lowest = np.zeros(0)
+
+    def update(self, table: LinkTable) -> np.ndarray:
+        """Take the table's finite p50s; each row's baseline after them (NaN: none yet)."""
+        ids = self._index.ids(table)
+        if self._lowest.size < len(self._index.pairs):
+            grown = np.full(len(self._index.pairs), np.nan)
+            grown[: self._lowest.size] = self._lowest
+            self._lowest = grown
+        p50 = table.column(LinkTable.P50)
+        finite = np.isfinite(p50)
+        self._lowest[ids[finite]] = np.fmin(self._lowest[ids[finite]], p50[finite])
+        return self._lowest[ids]
 
 
 def observe(
     regions: Sequence[str],
     links: Mapping[tuple[str, str], RegionLink],
-    baselines: Mapping[tuple[str, str], float],
+    baselines: Mapping[tuple[str, str], float] | np.ndarray,
     last_report_at: Mapping[str, float],
     now: float,
     policy: HealthPolicy,
 ) -> dict[str, Observation]:
     """One window's view of each region, from every other reporting region that measures it.
 
-    A region that has never reported is not judged (its nodes may still be starting). A region
-    silent for half the report timeout is `quiet`: when most regions go quiet together the
-    controller freezes before any of them counts as down.
+    An observer sees its target bad for loss (at least `bad_loss_percent`, or nothing came back)
+    or for RTT (p50 above its baseline x `bad_rtt_ratio` + `bad_rtt_extra_ms`). `baselines`: the
+    lowest p50 seen per link, by region pair, or as an array over the rows of `LinkTable.of(links)`
+    (NaN: none yet). A region that has never reported is not judged (its nodes may still be
+    starting). A region silent for half the report timeout is `quiet`: when most regions go quiet
+    together the controller freezes before any of them counts as down.
     """
     reporting = {r: (r not in last_report_at) or (now - last_report_at[r] <= policy.report_timeout_s) for r in regions}
     quiet = {r: r in last_report_at and now - last_report_at[r] > policy.report_timeout_s / 2 for r in regions}
-    observers = {r for r in regions if r in last_report_at and reporting[r]}
-    total = dict.fromkeys(regions, 0)
-    bad = {r: {"loss": 0, "rtt": 0} for r in regions}
-    for (src, target), link in links.items():  # one pass over the links, not regions x regions
-        if src == target or src not in observers or target not in total:
-            continue
-        total[target] += 1
-        kind = _bad_kind(link, baselines.get((src, target)), policy)
-        if kind is not None:
-            bad[target][kind] += 1
+    table = LinkTable.of(links)
+    src, dst = table.region_index(regions)
+    observer = np.array([r in last_report_at and reporting[r] for r in regions] + [False])  # [-1]: not a region
+    counted = observer[src] & (dst >= 0) & (src != dst)
+    if isinstance(baselines, np.ndarray):
+        baseline = baselines
+    else:
+        baseline = np.array([baselines.get(key, math.nan) for key in table], dtype=np.float64)
+    p50, loss = table.column(LinkTable.P50), table.column(LinkTable.LOSS)
+    bad_loss = (loss >= policy.bad_loss_percent) | ~np.isfinite(p50)
+    with np.errstate(invalid="ignore"):
+        bad_rtt = ~bad_loss & (p50 > baseline * policy.bad_rtt_ratio + policy.bad_rtt_extra_ms)
+    r = len(regions)
+    total = np.bincount(dst[counted], minlength=r).tolist()
+    by_loss = np.bincount(dst[counted & bad_loss], minlength=r).tolist()
+    by_rtt = np.bincount(dst[counted & bad_rtt], minlength=r).tolist()
     out: dict[str, Observation] = {}
-    for target in regions:
-        seen, n_bad = total[target], bad[target]["loss"] + bad[target]["rtt"]
+    for i, target in enumerate(regions):
+        seen, n_bad = total[i], by_loss[i] + by_rtt[i]
         if not reporting[target]:
             silent = now - last_report_at[target]
             reason = f"its nodes stopped reporting {silent:.0f} s ago"
         elif seen and 2 * n_bad > seen:
-            kind = "high loss" if bad[target]["loss"] >= bad[target]["rtt"] else "high RTT"
+            kind = "high loss" if by_loss[i] >= by_rtt[i] else "high RTT"
             reason = f"{n_bad}/{seen} observing regions see {kind} toward it"
         else:
             reason = f"{n_bad}/{seen} observing regions see it bad"

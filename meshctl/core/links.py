@@ -9,13 +9,16 @@ once and kept with the target list, so the next report with the same peers (the 
 is a handful of whole-array stores (`record_report`). `record` does one sample the long way
 and is the reference the vectorised path is tested against. `fold` reuses its grouping of
 slots by region pair while no slot is taken or freed and freshness holds, sorts each field
-within groups as rows of a padded matrix, and rebuilds only the links whose numbers moved.
+within groups as rows of a padded matrix (one gather per field from a cell map made with the
+grouping), and returns a `LinkTable`: the links as columns, which the control loop's passes
+(health, costs, history) read as whole arrays; it is also a read-only mapping of `RegionLink`s,
+made only when someone reads it that way (the API, metrics).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -44,6 +47,118 @@ class RegionLink(NamedTuple):
     samples: int
 
 
+class LinkTable(Mapping[tuple[str, str], RegionLink]):
+    """Links as columns, one row per directed region pair: what a fold gives.
+
+    `names` are region ids; `src` and `dst` index them. `numbers` has one row per link: rtt p50,
+    rtt p90, jitter, loss %, updated_at, samples. Read as a mapping (src, dst) -> RegionLink it
+    makes the RegionLinks once, on first use: the control loop never does.
+    """
+
+    __slots__ = ("_links", "dst", "names", "numbers", "src")
+
+    P50, P90, JITTER, LOSS, UPDATED_AT, SAMPLES = range(6)
+
+    def __init__(self, names: Sequence[str], src: np.ndarray, dst: np.ndarray, numbers: np.ndarray) -> None:
+        self.names = tuple(names)
+        self.src = src
+        self.dst = dst
+        self.numbers = numbers
+        self._links: dict[tuple[str, str], RegionLink] | None = None
+
+    @classmethod
+    def of(cls, links: Mapping[tuple[str, str], RegionLink]) -> LinkTable:
+        """The links as a table (itself when it is one already)."""
+        if isinstance(links, LinkTable):
+            return links
+        ids: dict[str, int] = {}
+        src = [ids.setdefault(a, len(ids)) for a, _ in links]
+        dst = [ids.setdefault(b, len(ids)) for _, b in links]
+        rows = [lk[2:] for lk in links.values()]
+        numbers = np.array(rows, dtype=np.float64).reshape(len(rows), 6)
+        return cls(list(ids), np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64), numbers)
+
+    def column(self, k: int) -> np.ndarray:
+        return self.numbers[:, k]
+
+    def region_index(self, regions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's src and dst as indexes into `regions` (-1: not among them)."""
+        where = {r: i for i, r in enumerate(regions)}
+        lookup = np.array([where.get(n, -1) for n in self.names], dtype=np.int64)
+        if not lookup.size:
+            return self.src.copy(), self.dst.copy()
+        return lookup[self.src], lookup[self.dst]
+
+    def _mapping(self) -> dict[tuple[str, str], RegionLink]:
+        links = self._links
+        if links is None:
+            names, new = self.names, tuple.__new__
+            links = {}
+            for a, b, (p50, p90, jitter, loss, at, k) in zip(
+                map(names.__getitem__, self.src.tolist()),
+                map(names.__getitem__, self.dst.tolist()),
+                self.numbers.tolist(),
+                strict=True,
+            ):
+                links[(a, b)] = new(RegionLink, (a, b, p50, p90, jitter, loss, at, int(k)))
+            self._links = links
+        return links
+
+    def keys(self) -> KeysView[tuple[str, str]]:
+        return self._mapping().keys()
+
+    def values(self) -> ValuesView[RegionLink]:
+        return self._mapping().values()
+
+    def items(self) -> ItemsView[tuple[str, str], RegionLink]:
+        return self._mapping().items()
+
+    def __getitem__(self, key: tuple[str, str]) -> RegionLink:
+        return self._mapping()[key]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._mapping())
+
+    def __len__(self) -> int:
+        return int(self.numbers.shape[0])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._mapping()
+
+    def __repr__(self) -> str:
+        return f"LinkTable({len(self)} links over {len(self.names)} regions)"
+
+
+class PairIndex:
+    """Region pairs numbered as first seen, looked up for a whole table at once."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[str, str]] = []
+        self._region: dict[str, int] = {}
+        self._grid = np.full((0, 0), -1, dtype=np.int64)  # region id x region id -> pair id
+
+    def ids(self, table: LinkTable) -> np.ndarray:
+        """The pair id of each row of `table` (new pairs are numbered now)."""
+        regions = self._region
+        local = np.array([regions.setdefault(n, len(regions)) for n in table.names], dtype=np.int64)
+        if len(regions) > self._grid.shape[0]:
+            grown = np.full((len(regions), len(regions)), -1, dtype=np.int64)
+            old = self._grid.shape[0]
+            grown[:old, :old] = self._grid
+            self._grid = grown
+        if not local.size:
+            return np.zeros(0, dtype=np.int64)
+        s, d = local[table.src], local[table.dst]
+        ids = self._grid[s, d]
+        for k in np.flatnonzero(ids < 0).tolist():
+            pid = self._grid[s[k], d[k]]
+            if pid < 0:  # (a table never holds a pair twice; this keeps the index right if one did)
+                pid = self._grid[s[k], d[k]] = len(self.pairs)
+                self.pairs.append((table.names[table.src[k]], table.names[table.dst[k]]))
+            ids[k] = pid
+        return ids
+
+
 @dataclass
 class _Row:
     """One observer's last target list and the slots and region-pair ids of its samples."""
@@ -65,10 +180,12 @@ class _Grouping:
     counts: np.ndarray
     starts: np.ndarray
     inverse: np.ndarray
-    flat: np.ndarray | None  # where each sample goes in the padded (groups x width) matrix
+    cells: np.ndarray | None  # per cell of the padded (groups x width) matrix, its slot (or a NaN one)
     width: int
-    keys: list[tuple[str, str]]  # the region pairs of the groups, self pairs left out
-    key_pids: list[int]
+    links: np.ndarray  # the groups that are links (self pairs left out)
+    src: np.ndarray  # their regions, as indexes into names
+    dst: np.ndarray
+    names: tuple[str, ...]
 
 
 class LinkBook:
@@ -86,17 +203,17 @@ class LinkBook:
         self._free: list[int] = []
         self._pair_id: dict[tuple[str, str], int] = {}
         self._pairs: list[tuple[str, str]] = []
+        self._regions: dict[str, int] = {}  # region id -> its index in the tables' names
+        self._pair_ends: list[tuple[int, int]] = []  # per pair id: (src, dst) region indexes
         self._cap = capacity
         self._pair = np.full(capacity, -1, dtype=np.int64)
-        self._data = {f: np.full(capacity, np.nan) for f in self._FIELDS}
+        # one slot more than the capacity, always NaN: padding cells of the fold's matrix read it
+        self._data = {f: np.full(capacity + 1, np.nan) for f in self._FIELDS}
         self._used = 0
         self._rows: dict[str, _Row] = {}
         self._pid_rows: dict[str, dict[str, int]] = {}  # observer region -> target node -> pair id
         self._layout = 0  # moves whenever a slot is taken, freed or changes region pair
         self._grouping: _Grouping | None = None
-        # the last fold's link per region-pair id and the numbers it was made from
-        self._links: dict[int, RegionLink] = {}
-        self._last = np.full((0, 6), np.nan)
 
     def __len__(self) -> int:
         return int(np.count_nonzero(self._pair[: self._used] >= 0))  # pairs with a sample
@@ -105,7 +222,7 @@ class LinkBook:
         new = self._cap * 2
         self._pair = np.concatenate([self._pair, np.full(new - self._cap, -1, dtype=np.int64)])
         for f in self._FIELDS:
-            self._data[f] = np.concatenate([self._data[f], np.full(new - self._cap, np.nan)])
+            self._data[f] = np.concatenate([self._data[f][: self._cap], np.full(new - self._cap + 1, np.nan)])
         self._cap = new
 
     def _slot_of(self, observer_node: str, target_node: str) -> int:
@@ -122,6 +239,8 @@ class LinkBook:
         if pid is None:
             pid = self._pair_id[pair] = len(self._pairs)
             self._pairs.append(pair)
+            ends = self._regions.setdefault(observer_region, len(self._regions))
+            self._pair_ends.append((ends, self._regions.setdefault(target_region, len(self._regions))))
         return pid
 
     def record(
@@ -319,32 +438,36 @@ class LinkBook:
         counts = np.diff(np.append(starts, idx.size))
         inverse = np.repeat(np.arange(starts.size), counts)
         width = int(counts.max()) if counts.size else 0
-        flat = None
+        cells = None
         if starts.size * width <= _PAD_LIMIT * idx.size:
-            flat = inverse * width + np.arange(idx.size) - starts[inverse]
+            cells = np.full(starts.size * width, self._cap, dtype=np.int64)  # slot _cap: always NaN
+            cells[inverse * width + np.arange(idx.size) - starts[inverse]] = idx
         uniq = pids[starts]
-        key_pids = [pid for pid in uniq.tolist() if self._pairs[pid][0] != self._pairs[pid][1]]
-        keys = [self._pairs[pid] for pid in key_pids]
-        g = _Grouping(self._layout, fresh, idx, uniq, counts, starts, inverse, flat, width, keys, key_pids)
+        ends = np.array(self._pair_ends, dtype=np.int64).reshape(-1, 2)[uniq]
+        links = np.flatnonzero(ends[:, 0] != ends[:, 1])
+        g = _Grouping(
+            self._layout, fresh, idx, uniq, counts, starts, inverse, cells, width,
+            links, ends[links, 0], ends[links, 1], tuple(self._regions),
+        )  # fmt: skip
         self._grouping = g
         return g
 
     def _medians(self, values: np.ndarray, g: _Grouping) -> np.ndarray:
-        """Median of each group of `values` (ordered as g.idx); inf wins over a finite neighbour."""
+        """Median of each group of `values` (a whole field, by slot); inf wins over a finite neighbour."""
         lo_in, hi_in = (g.counts - 1) // 2, g.counts // 2
-        if g.flat is not None:
-            m = np.full((g.starts.size, g.width), np.nan)
-            m.ravel()[g.flat] = values
+        if g.cells is not None:
+            m = values.take(g.cells).reshape(g.starts.size, g.width)
             m.sort(axis=1)  # NaN (padding) sorts last
             rows = np.arange(g.starts.size) * g.width
             vlo, vhi = m.ravel()[rows + lo_in], m.ravel()[rows + hi_in]
         else:
-            v = values[np.lexsort((values, g.inverse))]
+            grouped = values[g.idx]
+            v = grouped[np.lexsort((grouped, g.inverse))]
             vlo, vhi = v[g.starts + lo_in], v[g.starts + hi_in]
         with np.errstate(invalid="ignore"):
             return np.where(np.isinf(vlo) | np.isinf(vhi), np.maximum(vlo, vhi), (vlo + vhi) / 2)
 
-    def fold(self, now: float, stale_after_s: float) -> dict[tuple[str, str], RegionLink]:
+    def fold(self, now: float, stale_after_s: float) -> LinkTable:
         """One link per (observer region, target region) from fresh samples: medians."""
         n = self._used
         pair = self._pair[:n]
@@ -352,22 +475,13 @@ class LinkBook:
         fresh = (pair >= 0) & (at >= now - stale_after_s)
         g = self._group(fresh)
         if g.idx.size == 0:
-            return {}
+            return LinkTable((), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 6)))
         numbers = np.empty((g.uniq.size, 6))
         for k, f in enumerate(self._MEDIANS):
-            numbers[:, k] = self._medians(self._data[f][:n][g.idx], g)
-        numbers[:, 4] = np.maximum.reduceat(at[g.idx], g.starts)
+            numbers[:, k] = self._medians(self._data[f], g)
+        if g.cells is not None:
+            numbers[:, 4] = np.fmax.reduce(self._data["at"].take(g.cells).reshape(g.starts.size, g.width), axis=1)
+        else:
+            numbers[:, 4] = np.maximum.reduceat(at[g.idx], g.starts)
         numbers[:, 5] = g.counts
-        # rebuild only the links whose numbers moved since the last fold (NaN: always)
-        if self._last.shape[0] < len(self._pairs):
-            grown = np.full((len(self._pairs), 6), np.nan)
-            grown[: self._last.shape[0]] = self._last
-            self._last = grown
-        moved = np.flatnonzero((self._last[g.uniq] != numbers).any(axis=1))
-        self._last[g.uniq[moved]] = numbers[moved]
-        links, pairs, new = self._links, self._pairs, tuple.__new__
-        p50, p90, jitter, loss, newest = (numbers[moved, k].tolist() for k in range(5))
-        counts = g.counts[moved].tolist()
-        for pid, a, b, c, d, e, k in zip(g.uniq[moved].tolist(), p50, p90, jitter, loss, newest, counts, strict=True):
-            links[pid] = new(RegionLink, (*pairs[pid], a, b, c, d, e, k))
-        return dict(zip(g.keys, map(links.__getitem__, g.key_pids), strict=True))
+        return LinkTable(g.names, g.src, g.dst, numbers[g.links])

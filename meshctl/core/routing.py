@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from meshctl.core.links import RegionLink
+from meshctl.core.links import LinkTable, RegionLink
 
 numba: Any
 try:
@@ -110,22 +110,29 @@ def link_cost(link: RegionLink, w: RoutingWeights) -> float:
     return link.rtt_p50_ms + w.loss_weight * link.loss_percent + w.jitter_weight * link.jitter_ms
 
 
+def link_costs(table: LinkTable, w: RoutingWeights) -> np.ndarray:
+    """`link_cost` of every row of the table at once."""
+    p50, loss, jitter = (table.column(k) for k in (LinkTable.P50, LinkTable.LOSS, LinkTable.JITTER))
+    with np.errstate(invalid="ignore"):
+        cost = p50 + w.loss_weight * loss + w.jitter_weight * jitter
+        return np.where(~np.isfinite(p50) | (loss >= 100.0), math.inf, cost)
+
+
 def cost_matrices(
     regions: Sequence[str], links: Mapping[tuple[str, str], RegionLink], weights: RoutingWeights, now: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(cost, rtt) matrices: inf where a link is missing, stale or dead; 0 on the diagonal."""
     r = len(regions)
-    index = {x: i for i, x in enumerate(regions)}
     cost = np.full((r, r), np.inf)
     rtt = np.full((r, r), np.inf)
-    for (src, dst), link in links.items():
-        i, j = index.get(src), index.get(dst)
-        if i is None or j is None or i == j or now - link.updated_at > weights.stale_after_s:
-            continue
-        c = link_cost(link, weights)
-        if math.isfinite(c):
-            cost[i, j] = c
-            rtt[i, j] = link.rtt_p50_ms
+    table = LinkTable.of(links)
+    src, dst = table.region_index(regions)
+    c = link_costs(table, weights)
+    with np.errstate(invalid="ignore"):
+        stale = now - table.column(LinkTable.UPDATED_AT) > weights.stale_after_s
+    keep = np.flatnonzero((src >= 0) & (dst >= 0) & (src != dst) & ~stale & np.isfinite(c))
+    cost[src[keep], dst[keep]] = c[keep]
+    rtt[src[keep], dst[keep]] = table.column(LinkTable.P50)[keep]
     np.fill_diagonal(cost, 0.0)
     np.fill_diagonal(rtt, 0.0)
     return cost, rtt

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from meshctl.core.links import RegionLink
+from meshctl.core.links import LinkTable, PairIndex, RegionLink
 from meshctl.service.errors import Invalid
 from meshctl.store.history import Row
 from meshctl.wire import schemas as s
@@ -173,34 +173,32 @@ class MinuteBuffer:
     """The samples of the current minute per region pair, as numpy arrays."""
 
     def __init__(self) -> None:
-        self.index: dict[tuple[str, str], int] = {}
-        self.pairs: list[tuple[str, str]] = []
+        self.index = PairIndex()
         self._last_at = np.zeros(0)
         self._chunks: list[np.ndarray] = []  # (k, 4): pair id, rtt (window median), jitter, loss
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return self.index.pairs
 
     def observe(self, links: Mapping[tuple[str, str], RegionLink]) -> int:
         """Add the links updated since the last call as samples; how many were added."""
         if not links:
             return 0
-        index = self.index
-        for key in links.keys() - index.keys():
-            index[key] = len(self.pairs)
-            self.pairs.append(key)
+        table = LinkTable.of(links)
+        pids = self.index.ids(table)
         if self._last_at.size < len(self.pairs):
             self._last_at = np.concatenate([self._last_at, np.full(len(self.pairs) - self._last_at.size, -np.inf)])
-        n = len(links)
-        pids = np.fromiter(map(index.__getitem__, links), np.int64, n)
-        values = links.values()
-        at = np.fromiter((lk.updated_at for lk in values), np.float64, n)
+        at = table.column(LinkTable.UPDATED_AT)
         new = at > self._last_at[pids]
         if not new.any():
             return 0
         self._last_at[pids[new]] = at[new]
         chunk = np.empty((int(new.sum()), 4))
         chunk[:, 0] = pids[new]
-        chunk[:, 1] = np.fromiter((lk.rtt_p50_ms for lk in values), np.float64, n)[new]
-        chunk[:, 2] = np.fromiter((lk.jitter_ms for lk in values), np.float64, n)[new]
-        chunk[:, 3] = np.fromiter((lk.loss_percent for lk in values), np.float64, n)[new]
+        chunk[:, 1] = table.column(LinkTable.P50)[new]
+        chunk[:, 2] = table.column(LinkTable.JITTER)[new]
+        chunk[:, 3] = table.column(LinkTable.LOSS)[new]
         self._chunks.append(chunk)
         return chunk.shape[0]
 

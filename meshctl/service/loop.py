@@ -25,7 +25,8 @@ import threading
 import time
 from typing import Any
 
-from meshctl.core.health import HealthState, RegionHealthState, initial_state, observe, step
+from meshctl.core.health import Baselines, HealthState, RegionHealthState, initial_state, observe, step
+from meshctl.core.links import LinkTable
 from meshctl.core.routing import changed_mask, compute_routes, cost_matrices, diff_routes, warm_up
 from meshctl.service.controller import Controller
 from meshctl.service.history import HistoryWriter
@@ -53,7 +54,7 @@ class ControlLoop:
         self._deaf_since: float | None = None
         self._deaf_credit = (0.0, 0.0)  # (seconds deaf, until when the credit holds)
         # the leader's judgement: lowest RTT seen per link, health state machine, report cursor
-        self.baselines: dict[tuple[str, str], float] = {}
+        self.baselines = Baselines()
         self.health: HealthState = initial_state([])
         self._report_cursor: int | ReportCursor = 0
         self.history = HistoryWriter(ctl)  # the leader's link history rollups
@@ -218,10 +219,7 @@ class ControlLoop:
         if not await self.history.tick(links, now):
             ctl.leadership.step_down("writing link history refused: the lease is no longer ours")
             return
-        for key, link in links.items():
-            if link.rtt_p50_ms == link.rtt_p50_ms and link.rtt_p50_ms < float("inf"):
-                old = self.baselines.get(key)
-                self.baselines[key] = link.rtt_p50_ms if old is None else min(old, link.rtt_p50_ms)
+        baselines = self.baselines.update(links)
         last_report = state.last_report_by_region()
         for r in last_report:  # a restarted or new leader has not been reachable until now
             last_report[r] = max(last_report[r], self._listening_since)
@@ -230,7 +228,7 @@ class ControlLoop:
             nodes_of.setdefault(n.region, []).append(n.id)
         judged = [r for r in regions if r in nodes_of]
         policy = ctl.settings.health_policy()
-        observations = observe(judged, links, self.baselines, last_report, now, policy)
+        observations = observe(judged, links, baselines, last_report, now, policy)
         manual = {r for r, d in state.drains.items() if d.kind == "manual"}
         health, events = step(self.health, observations, manual, policy, now)
         if self.health.frozen and not health.frozen:
@@ -268,7 +266,7 @@ class ControlLoop:
             # fail static: keep routing on the links as they were when reports stopped, rather
             # than letting them go stale and leaving the whole table unusable
             frozen_at = health.frozen_since if health.frozen_since is not None else now
-            links = dict(current.links) or links
+            links = LinkTable.of(current.links) if current.links else links
             cost, rtt = cost_matrices(regions, links, ctl.weights, frozen_at)
         else:
             cost, rtt = cost_matrices(regions, links, ctl.weights, links_at)

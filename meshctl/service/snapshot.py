@@ -7,12 +7,14 @@ routes, drains or region states change. Followers and every start-up adopt the n
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgspec
 import numpy as np
 
-from meshctl.core.links import RegionLink
+from meshctl.core.links import LinkTable, RegionLink
 from meshctl.core.routing import RouteTable
 
 
@@ -29,7 +31,7 @@ class Snapshot:
     cost: np.ndarray | None = None
     rtt: np.ndarray | None = None
     drained: frozenset[str] = frozenset()
-    links: dict[tuple[str, str], RegionLink] = field(default_factory=dict)
+    links: Mapping[tuple[str, str], RegionLink] = field(default_factory=dict)
     states: dict[str, str] = field(default_factory=dict)
     health: dict[str, dict[str, Any]] = field(default_factory=dict)
     frozen: bool = False
@@ -55,24 +57,43 @@ def to_body(snap: Snapshot) -> dict[str, Any]:
         "best_rtt": _flat(t.rtt),
         "relays": t.relays.astype(int).ravel().tolist(),
         "drained": sorted(snap.drained),
-        "links": [
-            {
-                "src": lk.src,
-                "dst": lk.dst,
-                "rtt_p50_ms": _opt(lk.rtt_p50_ms),
-                "rtt_p90_ms": _opt(lk.rtt_p90_ms),
-                "jitter_ms": _opt(lk.jitter_ms),
-                "loss_percent": lk.loss_percent,
-                "updated_at": lk.updated_at,
-                "samples": lk.samples,
-            }
-            for lk in snap.links.values()
-        ],
+        "links": _link_bodies(LinkTable.of(snap.links)),
         "states": snap.states,
         "health": snap.health,
         "frozen": snap.frozen,
         "alerts": list(snap.alerts),
     }
+
+
+class _LinkBody(msgspec.Struct):
+    """One published link (the store's JSON encoder, msgspec, writes it as an object)."""
+
+    src: str
+    dst: str
+    rtt_p50_ms: float | None
+    rtt_p90_ms: float | None
+    jitter_ms: float | None
+    loss_percent: float
+    updated_at: float
+    samples: int
+
+
+def _link_bodies(table: LinkTable) -> list[_LinkBody]:
+    """The links for publication, read from the columns (no RegionLink is made): RTTs and jitter
+    rounded to 1 us, None where infinite or NaN."""
+    names = table.names
+    measured = [_rounded(table.column(k), 3) for k in (LinkTable.P50, LinkTable.P90, LinkTable.JITTER)]
+    return list(
+        map(
+            _LinkBody,
+            map(names.__getitem__, table.src.tolist()),
+            map(names.__getitem__, table.dst.tolist()),
+            *measured,
+            table.column(LinkTable.LOSS).tolist(),
+            table.column(LinkTable.UPDATED_AT).tolist(),
+            table.column(LinkTable.SAMPLES).astype(np.int64).tolist(),
+        )
+    )
 
 
 def from_body(generation: int, computed_at: float, body: dict[str, Any]) -> Snapshot:
@@ -94,7 +115,7 @@ def from_body(generation: int, computed_at: float, body: dict[str, Any]) -> Snap
         cost=_matrix(body["cost"], r),
         rtt=_matrix(body["rtt"], r),
         drained=frozenset(body.get("drained", [])),
-        links={(lk["src"], lk["dst"]): RegionLink(**lk) for lk in body.get("links", [])},
+        links={(lk["src"], lk["dst"]): _link(lk) for lk in body.get("links", [])},
         states=dict(body.get("states", {})),
         health=dict(body.get("health", {})),
         frozen=bool(body.get("frozen", False)),
@@ -102,9 +123,19 @@ def from_body(generation: int, computed_at: float, body: dict[str, Any]) -> Snap
     )
 
 
+def _link(body: dict[str, Any]) -> RegionLink:
+    """A published link; RTTs and jitter published as null (infinite or NaN) come back infinite."""
+    unknown = {k: math.inf for k in ("rtt_p50_ms", "rtt_p90_ms", "jitter_ms") if body.get(k) is None}
+    return RegionLink(**{**body, **unknown})
+
+
 def _flat(m: np.ndarray) -> list[float | None]:
     """Row-major values rounded to 0.1 µs; None where infinite or NaN (JSON has neither)."""
-    vals = np.round(m.ravel().astype(float), 4)
+    return _rounded(m.ravel(), 4)
+
+
+def _rounded(values: np.ndarray, decimals: int) -> list[float | None]:
+    vals = np.round(values.astype(float), decimals)
     out: list[float | None] = vals.tolist()
     for k in np.flatnonzero(~np.isfinite(vals)).tolist():
         out[k] = None
@@ -114,9 +145,3 @@ def _flat(m: np.ndarray) -> list[float | None]:
 def _matrix(values: list[float | None], r: int) -> np.ndarray:
     arr = np.array([math.inf if v is None else v for v in values], dtype=np.float64)
     return arr.reshape(r, r) if r else np.zeros((0, 0))
-
-
-def _opt(x: float | None) -> float | None:
-    if x is None or not math.isfinite(x):
-        return None
-    return round(float(x), 3)

@@ -189,10 +189,10 @@ def test_fold_medians_with_both_sorts(sizes: list[int], padded: bool) -> None:
             sample = (rng.choice([None, 5.0, rng.random() * 50]), None, rng.random(), rng.random() * 100)
             book.record(f"o{g}-{i}", f"aws:s{g}", "t", "gcp:d", *sample, at=float(i))
             ref.record(f"o{g}-{i}", f"aws:s{g}", "t", "gcp:d", *sample, at=float(i))
-    for now, stale in ((1000.0, 1000.0), (1000.0, 1000.0), (3.5, 2.0)):  # the second reuses grouping and links
+    for now, stale in ((1000.0, 1000.0), (1000.0, 1000.0), (3.5, 2.0)):  # the second reuses the grouping
         assert as_tuples(book.fold(now, stale)) == ref.fold(now, stale)
     book.fold(1000.0, 1000.0)
-    assert (book._grouping is not None) and (book._grouping.flat is not None) == padded
+    assert (book._grouping is not None) and (book._grouping.cells is not None) == padded
 
 
 def test_loss_is_smoothed_over_windows_of_the_same_pair() -> None:
