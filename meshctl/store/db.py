@@ -5,7 +5,7 @@ one code path serves SQLite (embedded default) and PostgreSQL (psycopg 3, severa
 Writes that a client is told about (drains, registrations, tokens, reports) are committed
 before the call returns.
 
-Some 1,170 lines on purpose: one class, because many writes span tables in one transaction (a
+Some 1,200 lines on purpose: one class, because many writes span tables in one transaction (a
 join spends a token or a nonce, takes an instance identity, allocates an address, adds the node,
 bumps a counter and records an event; a drain checks the lease fence, writes the drain and its
 event; both notify followers in the same transaction). Split by table, each of those
