@@ -5,7 +5,9 @@ falling as the fleet grows. Printed per run: joins/s overall and per fifth of th
 to join them all, join latency p50/p99, the controller's CPU time per join (steadier than the rate
 on a shared machine) and its RSS; with `--before DIR`, the same against another source tree (e.g.
 `git archive HEAD | tar -x -C DIR` of the code before a change), in the same run, side by side.
-`--attest` also times one attestation verification per cloud (what an attested join adds).
+`--attest` also times one attestation verification per cloud (what an attested join adds). Then
+one more node joins, and a node already there fetches its whole list and the delta since the
+list it held (`?since=`): what each waiting long poll costs per join, in bytes and time.
 
 The client writes pre-built HTTP/1.1 requests on keep-alive connections and reads each answer
 (every node's answer carries its peer list: ~1 MB at 3,000 nodes) without decoding it, except the
@@ -143,6 +145,7 @@ def run_one(tree: Path, regions: int, per_region: int, concurrency: int, postgre
         lat = asyncio.run(_post_all(server.url, bodies, concurrency, on_done))
         wall, cpu = time.perf_counter() - t0, cpu_seconds(server.proc.pid) - cpu0
         last_peers = int(lat.pop())
+        refresh = peer_refresh_costs(server, ids[0], n)
         fifths = [round((n // 5) / (b - a), 1) for a, b in zip([t0, *marks[:-1]], marks, strict=True)]
         ms = sorted(x * 1000 for x in lat)
         return {
@@ -156,6 +159,7 @@ def run_one(tree: Path, regions: int, per_region: int, concurrency: int, postgre
             "controller_cpu_ms_per_join": round(cpu / n * 1000, 2),
             "controller_rss_mib": round(rss_mb(server.proc.pid)),
             "last_answer_peers": last_peers,
+            **refresh,
             "database": "postgresql" if postgres else "sqlite",
             "loadavg_1m": round(os.getloadavg()[0], 2),
         }
@@ -163,6 +167,29 @@ def run_one(tree: Path, regions: int, per_region: int, concurrency: int, postgre
         server.stop()
         if db is not None:
             db.drop()
+
+
+def peer_refresh_costs(server: Server, region: str, nodes: int, rounds: int = 20) -> dict[str, float]:
+    """What a node already in the mesh fetches when one more node joins: its whole list, and the
+    delta since the list it held (`?since=`); bytes and the median time of `rounds` fetches each."""
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token}"}, timeout=60) as c:
+        node_id = c.get("/v1/nodes", params={"region": region}).json()[0]["id"]
+        held = c.get(f"/v1/nodes/{node_id}/peers").json()
+        token = c.post("/v1/join-tokens", json={"region": region, "ttl_s": 600, "uses": 1}).json()["token"]
+        key = base64.b64encode((nodes + 1).to_bytes(32, "big")).decode()
+        body = {"join_token": token, "region": region, "name": "late", "public_key": key, "endpoint": "192.0.2.1:1"}
+        assert c.post("/v1/nodes", json=body).status_code == 201
+        out: dict[str, float] = {}
+        for name, params in (("full", {}), ("delta", {"since": held["generation"]})):
+            times, size = [], 0
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                r = c.get(f"/v1/nodes/{node_id}/peers", params=params)
+                times.append(time.perf_counter() - t0)
+                size = len(r.content)
+            out[f"peer_{name}_kib"] = round(size / 1024, 1)
+            out[f"peer_{name}_ms"] = round(statistics.median(times) * 1000, 2)
+        return out
 
 
 def attestation_costs(rounds: int = 200) -> dict[str, float]:
@@ -214,7 +241,9 @@ def main() -> None:
             f" = {r['joins_per_s']} joins/s (by fifth of the fleet: {r['joins_per_s_by_fifth']});"
             f" latency p50 {r['latency_p50_ms']} ms, p99 {r['latency_p99_ms']} ms;"
             f" controller {r['controller_cpu_ms_per_join']} ms CPU per join, {r['controller_rss_mib']} MiB;"
-            f" last answer {r['last_answer_peers']} peers; {r['database']}; load {r['loadavg_1m']}",
+            f" last answer {r['last_answer_peers']} peers; {r['database']}; load {r['loadavg_1m']}\n"
+            f"  a node's refresh after one more join: whole list {r['peer_full_kib']} KiB in {r['peer_full_ms']} ms,"
+            f" delta (?since=) {r['peer_delta_kib']} KiB in {r['peer_delta_ms']} ms",
             flush=True,
         )
     result: dict[str, Any] = {"runs": runs}

@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from meshctl.files import atomic_write, remove_temps
 from probes import join as joining
 from probes import keys, wg
+from probes import peerlist as peerlists
 from probes.config import PID_FILE, AgentConfig
 from probes.dataplane import DataPlane
 from probes.health import DrainState, Health, HealthServer
@@ -304,15 +305,16 @@ class Agent:
         assert self.http is not None
         cred = self.credential
         etag: str | None = None
+        since: int | None = None  # the generation of the list we hold, once it came from this loop
         backoff = 1.0
         while True:
             headers = {"Authorization": f"Bearer {cred['node_token']}"}
             if etag:
                 headers["If-None-Match"] = etag
+            params: dict[str, float | int] = {"wait": 25} if since is None else {"wait": 25, "since": since}
             try:
-                r = await self.http.get(
-                    f"/v1/nodes/{cred['node_id']}/peers", headers=headers, params={"wait": 25}, timeout=35
-                )
+                url = f"/v1/nodes/{cred['node_id']}/peers"
+                r = await self.http.get(url, headers=headers, params=params, timeout=35)
                 if is_node_removed(r):
                     raise NodeRemoved(self.reporting.removed_line(r))
                 if r.status_code in (200, 304):
@@ -320,8 +322,10 @@ class Agent:
                 elif r.status_code >= 500:
                     self.health.unreachable()
                 if r.status_code == 200:
-                    etag = r.headers.get("etag")
-                    await self.apply_peerlist_off_loop(r.json())
+                    peerlist = peerlists.merged(self.peerlist, r.json())
+                    await self.apply_peerlist_off_loop(peerlist)
+                    etag = r.headers.get("etag")  # only once applied: a failed apply is asked for again
+                    since = None if peerlist.get("relay_data_plane") else peerlist.get("generation")
                 elif r.status_code != 304:
                     log.warning("peers: %s %s", r.status_code, describe(r))
                     await asyncio.sleep(backoff)

@@ -217,9 +217,12 @@ class Endpoints:
         return Call("DELETE", f"/v1/nodes/{seg(node_id)}/drain", model("NodeOut"))
 
     @endpoint
-    def peers(self, node_id: str) -> Call[s.PeerList]:
-        """GET /v1/nodes/{node_id}/peers: the node's WireGuard peers and their generation."""
-        return Call("GET", f"/v1/nodes/{seg(node_id)}/peers", model("PeerList"))
+    def peers(self, node_id: str, since: int | None = None) -> Call[s.PeerList]:
+        """GET /v1/nodes/{node_id}/peers: the node's WireGuard peers and their generation; with
+        `since` (a generation held), only the peers changed since and the ids of those that left
+        (the answer's `since` is then set; `probes.peerlist.merged` applies it)."""
+        params = _drop_none({"since": since}) or None
+        return Call("GET", f"/v1/nodes/{seg(node_id)}/peers", model("PeerList"), params=params)
 
     @endpoint
     def join_node(

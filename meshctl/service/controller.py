@@ -365,9 +365,10 @@ class Controller:
         """Long poll: until the peer generation moves from `start` or the node leaves."""
         await self.peer_book.wait_moved(start, timeout, lambda: node_id not in self.state.nodes)
 
-    def peers_json(self, node_id: str) -> bytes:
-        """The node's peer list as JSON, from the peer book (equal to `peers_of`)."""
-        return self.peer_book.peer_list_json(node_id, self._snapshot)
+    def peers_json(self, node_id: str, since: int | None = None) -> bytes:
+        """The node's peer list as JSON, from the peer book (equal to `peers_of`); with `since`, the
+        changes after that generation when the book can tell."""
+        return self.peer_book.peer_list_json(node_id, self._snapshot, since)
 
     def _forget(self, gone: set[str]) -> None:
         """Nodes that left through another replica (seen while catching up)."""

@@ -10,6 +10,14 @@ when its node changed (the state tells the book: `MeshState.watch`), or its drai
 With the relayed data plane on, AllowedIPs depend on the asking node's region and the route
 table, so the list is built by `Views.peers_of`, which stays the reference for the fast path
 (tests/api/test_peer_book.py holds the two equal on generated fleets).
+
+Deltas (`GET /v1/nodes/{id}/peers?since=G`): each entry made after the last full rebuild is
+tagged with the generation after the one the state showed when it was made, and each node that
+left with a tombstone tagged the same way. A tag is never below the change's own generation (a
+drain can land in the state a moment before its generation does), so the delta since G (the
+entries and tombstones tagged after G) holds every change after G, and sometimes one the asker
+has already. Before the last full rebuild, past the state's generation, or with the relayed data
+plane, the answer is the whole list.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from functools import partial
 from itertools import chain
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -31,6 +40,7 @@ from meshctl.store.values import Node
 from meshctl.wire import schemas as s
 
 _EMPTY = b'"peers":[]'
+MAX_TOMBSTONES = 10_000  # past it the older half is dropped, and deltas from before them are whole lists
 
 
 class PeerBook:
@@ -48,9 +58,13 @@ class PeerBook:
         self._made: dict[str, tuple[Node, bool]] = {}  # the version and drained flag each entry shows
         self._dirty: set[str] = set()
         self._all_dirty = True
+        self._tags: dict[str, int] = {}  # node id -> tag of its entry, for entries made since the rebuild
+        self._tombstones: dict[str, int] = {}  # node id -> tag of its leaving
+        self._horizon = 0  # a delta since a generation below this is the whole list
         self._drains_seen = -1
         self.entries_built = 0  # entries made since start (a join makes one)
         self.lists_served = 0
+        self.deltas_served = 0  # of those, deltas (`?since=`)
         self.polls_woken = 0  # waiting long polls woken by a move of the generation
         self.polls_waiting = 0
         self._moved: asyncio.Future[None] | None = None  # resolved when the generation moves
@@ -95,6 +109,7 @@ class PeerBook:
         """Bring the entries to the state: every one after a full reload, else the changed nodes',
         and after a drain moved, those whose drained flag flipped."""
         state = self._state
+        tag = self._generation() + 1
         if self._all_dirty:
             self._all_dirty, self._dirty = False, set()
             self._drains_seen = state.drain_version
@@ -102,36 +117,50 @@ class PeerBook:
             self._made = {}
             self._ids = [n.id for n in nodes]
             self._entries = [self._entry(n, self._drained(n)) for n in nodes]
+            self._tags, self._tombstones, self._horizon = {}, {}, tag
             return
         if self._dirty:
             dirty, self._dirty = self._dirty, set()
             for node_id in sorted(dirty):
-                self._put(node_id, state.nodes.get(node_id))
+                self._put(node_id, state.nodes.get(node_id), tag)
         if self._drains_seen != state.drain_version:
             self._drains_seen = state.drain_version
             for i, node_id in enumerate(self._ids):
                 node, drained = self._made[node_id]
                 if self._drained(node) != drained:
                     self._entries[i] = self._entry(node, not drained)
+                    self._tags[node_id] = tag
 
-    def _put(self, node_id: str, node: Node | None) -> None:
+    def _put(self, node_id: str, node: Node | None, tag: int) -> None:
         i = bisect_left(self._ids, node_id)
         here = i < len(self._ids) and self._ids[i] == node_id
         if node is None:
             if here:
                 del self._ids[i], self._entries[i]
                 self._made.pop(node_id, None)
+                self._tags.pop(node_id, None)
+                self._bury(node_id, tag)
             return
         made = self._made.get(node_id)
         drained = self._drained(node)
         if here and made is not None and made[0] is node and made[1] == drained:
             return
         entry = self._entry(node, drained)
+        self._tags[node_id] = tag
+        self._tombstones.pop(node_id, None)
         if here:
             self._entries[i] = entry
         else:
             self._ids.insert(i, node_id)
             self._entries.insert(i, entry)
+
+    def _bury(self, node_id: str, tag: int) -> None:
+        self._tombstones[node_id] = tag
+        if len(self._tombstones) > MAX_TOMBSTONES:
+            by_age = sorted(self._tombstones.items(), key=lambda kv: kv[1])
+            dropped = by_age[: len(by_age) // 2]
+            self._horizon = max(self._horizon, dropped[-1][1])
+            self._tombstones = dict(by_age[len(by_age) // 2 :])
 
     # --- long polls ---------------------------------------------------------------------------
 
@@ -184,6 +213,18 @@ class PeerBook:
             return b"[" + b",".join(chain(entries[:i], entries[i + 1 :])) + b"]"
         return b"[" + b",".join(entries) + b"]"
 
+    def delta(self, node_id: str, since: int) -> tuple[bytes, list[str]] | None:
+        """The `peers` array of the entries changed after generation `since` (the asking node's own
+        left out) and the ids of the nodes that left after it; None: only the whole list will do."""
+        self._sync()
+        if not self.fast() or since < self._horizon or since > self._generation():
+            return None
+        changed = sorted(n for n, tag in self._tags.items() if tag > since and n != node_id)
+        entries = self._entries
+        found = [entries[i] for i in map(partial(bisect_left, self._ids), changed)]
+        removed = sorted(n for n, tag in self._tombstones.items() if tag > since)
+        return b"[" + b",".join(found) + b"]", removed
+
     def envelope(self, node_id: str, snap: Snapshot | None) -> s.PeerList:
         """`node_id`'s peer list with its peers left out (`splice` puts them in)."""
         state, views, cfg = self._state, self._views, self._settings
@@ -200,12 +241,19 @@ class PeerBook:
             paths=[],
         )
 
-    def peer_list_json(self, node_id: str, snap: Snapshot | None) -> bytes:
-        """`node_id`'s peer list as JSON, the body of `GET /v1/nodes/{id}/peers`."""
+    def peer_list_json(self, node_id: str, snap: Snapshot | None, since: int | None = None) -> bytes:
+        """`node_id`'s peer list as JSON, the body of `GET /v1/nodes/{id}/peers`: with `since`, only
+        what changed after that generation when the book can tell (`delta`), else the whole list."""
         self.lists_served += 1
         if self._settings.relay_data_plane:
             return self._views.peers_of(node_id, snap).model_dump_json().encode()
-        return splice(self.envelope(node_id, snap).model_dump_json().encode(), self.peers_json(node_id))
+        found = self.delta(node_id, since) if since is not None else None
+        if found is None:
+            return splice(self.envelope(node_id, snap).model_dump_json().encode(), self.peers_json(node_id))
+        self.deltas_served += 1
+        changed, removed = found
+        envelope = self.envelope(node_id, snap).model_copy(update={"since": since, "removed": removed})
+        return splice(envelope.model_dump_json().encode(), changed)
 
     def fast(self) -> bool:
         """Whether lists come from the book (no relayed data plane) rather than `Views.peers_of`."""
@@ -238,6 +286,11 @@ class PeerBookCollector(Collector):
         )
         yield CounterMetricFamily(
             "mesh_peer_lists_served", "Peer lists sent (joins and GET /v1/nodes/{id}/peers)", self.book.lists_served
+        )
+        yield CounterMetricFamily(
+            "mesh_peer_deltas_served",
+            "Of the peer lists sent, those that held only changes (?since=)",
+            self.book.deltas_served,
         )
         yield CounterMetricFamily(
             "mesh_node_rows_loaded", "Node rows read from the store into memory", self.state.node_rows_loaded

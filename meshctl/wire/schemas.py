@@ -342,6 +342,12 @@ class PeerList(Wire):
     paths: list[DataPath] = Field(
         default_factory=list, description="Per other region: the data-plane path in use and its backup"
     )
+    since: int | None = Field(
+        default=None,
+        description="Set (asked with ?since=): `peers` holds only the peers added or changed after this generation "
+        "and `removed` the ones that left; null: `peers` is the whole list",
+    )
+    removed: list[str] = Field(default_factory=list, description="Node ids of peers that left after `since`")
 
 
 class NodeOut(Wire):

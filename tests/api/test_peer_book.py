@@ -28,6 +28,7 @@ from meshctl.service.controller import Controller
 from meshctl.settings import Settings
 from meshctl.store.db import Store
 from meshctl.wire import schemas as s
+from probes.peerlist import merged
 from tests.conftest import ControllerProcess
 
 T = TypeVar("T")
@@ -60,6 +61,13 @@ def assert_lists_match_reference(ctl: Controller) -> None:
         assert fast == ctl.peers_of(node_id).model_dump(mode="json"), node_id
 
 
+def brought_up_to_date(ctl: Controller, node_id: str, held: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """`held` (a whole list) after asking `ctl` for what changed since its generation, as the agent
+    does; and whether the answer was a delta."""
+    answer = json.loads(ctl.peers_json(node_id, since=held["generation"]))
+    return merged(held, answer), answer["since"] is not None
+
+
 def test_peer_book_lists_equal_the_reference_through_a_generated_history(database_url: str) -> None:
     async def main() -> None:
         rng = random.Random(7)
@@ -87,6 +95,8 @@ def test_peer_book_lists_equal_the_reference_through_a_generated_history(databas
             assert first == want.model_dump(mode="json")
             s.NodeJoined.model_validate(first)
 
+            holders: dict[str, dict[str, Any]] = {}  # node id -> a whole list it holds, of some earlier step
+            deltas = 0
             for step in range(40):
                 live = sorted(ctl.nodes)
                 op = rng.random()
@@ -111,6 +121,19 @@ def test_peer_book_lists_equal_the_reference_through_a_generated_history(databas
                     if drained_regions:
                         await ctl.undrain(rng.choice(drained_regions), "test")
                 assert_lists_match_reference(ctl)
+                # lists held since earlier steps, brought up to date by deltas, are the whole list now
+                for node_id, held in list(holders.items()):
+                    if node_id not in ctl.nodes:
+                        del holders[node_id]
+                        continue
+                    now, was_delta = brought_up_to_date(ctl, node_id, held)
+                    assert now == json.loads(ctl.peers_json(node_id)), (step, node_id)
+                    deltas += was_delta
+                    if rng.random() < 0.5:
+                        holders[node_id] = now
+                for node_id in rng.sample(sorted(ctl.nodes), min(3, len(ctl.nodes))):
+                    holders.setdefault(node_id, json.loads(ctl.peers_json(node_id)))
+            assert deltas > 40  # most answers were deltas (a delta since the list's own generation is empty)
             assert len(ctl.nodes) >= 10
             assert any(p["drained"] for p in json.loads(ctl.peers_json(sorted(ctl.nodes)[0]))["peers"])
 
@@ -163,6 +186,27 @@ def test_a_second_replica_follows_joins_reading_only_the_changed_rows(database_u
             assert b.state.node_rows_loaded - before == 7
             peers_of_old = {p["node_id"] for p in json.loads(b.peers_json(sorted(b.nodes)[0]))["peers"]}
             assert ids[1] not in peers_of_old and ids[2] in peers_of_old
+
+            # a list from one replica, brought up to date by the other (a load balancer in front); a
+            # book answers deltas since the first change after it was built (each replica's start)
+            await a.update_node(ids[4], endpoint="198.51.100.4:51820")
+            await b.reload_config()
+            held = json.loads(b.peers_json(ids[0]))
+            await a.update_node(ids[2], endpoint="198.51.100.1:51820")
+            await a.remove_node(ids[3])
+            gone_now = await join(200)
+            for answering in (a, b):
+                await answering.reload_config()
+                now, was_delta = brought_up_to_date(answering, ids[0], held)
+                assert was_delta and now == json.loads(answering.peers_json(ids[0]))
+                delta = json.loads(answering.peers_json(ids[0], since=held["generation"]))
+                # (a change the holder has already may come again: a replica tags what it learns late)
+                assert ids[3] in delta["removed"] and not set(delta["removed"]) & set(answering.nodes)
+                assert {p["node_id"] for p in delta["peers"]} >= {ids[2], gone_now}
+                assert len(delta["peers"]) <= 5  # the changes, not the list of 36
+            assert json.loads(a.peers_json(ids[0], since=0))["since"] is None  # before what it knows: all of it
+            future = json.loads(a.peers_json(ids[0], since=a.peer_generation + 5))
+            assert future["since"] is None and len(future["peers"]) == len(a.nodes) - 1
         finally:
             await stop(b)
             await stop(a)

@@ -100,8 +100,17 @@ async def peers(
     wait: Annotated[
         float, Query(ge=0, le=30, description="Long poll: with If-None-Match, hold up to this many seconds")
     ] = 0,
+    since: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            description="The `generation` of the list the caller holds: answer only the peers changed since and the "
+            "ids of those that left (`since` is set in the answer; when it is null the answer is the whole list)",
+        ),
+    ] = None,
 ) -> Response:
-    """The node's peers; with If-None-Match and `wait`, a long poll until they change."""
+    """The node's peers; with If-None-Match and `wait`, a long poll until they change; with `since`,
+    only what changed (a join then costs each waiting node one entry, not the whole list)."""
     _self_or_reader(who, node_id)
     ctl.get_node(node_id)
     start = ctl.peer_generation
@@ -111,7 +120,7 @@ async def peers(
     if s.etag_matches(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
     # the list as the peer book keeps it: one copy of each entry's JSON, no model per peer
-    return Response(ctl.peers_json(node_id), media_type="application/json", headers={"ETag": etag})
+    return Response(ctl.peers_json(node_id, since), media_type="application/json", headers={"ETag": etag})
 
 
 @router.put("/{node_id}/key", response_model=s.NodeOut, responses=problem_responses(*AUTH, 404, *BODY, 503))
