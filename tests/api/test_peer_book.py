@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from meshctl.service import peerbook
 from meshctl.service.controller import Controller
 from meshctl.settings import Settings
 from meshctl.store.db import Store
@@ -210,6 +211,39 @@ def test_a_second_replica_follows_joins_reading_only_the_changed_rows(database_u
         finally:
             await stop(b)
             await stop(a)
+
+    run(main())
+
+
+def test_past_the_tombstones_kept_a_delta_is_the_whole_list(database_url: str, monkeypatch: Any) -> None:
+    """The book keeps a bounded number of departures; a list older than the ones it dropped is
+    answered whole (a delta could not say who left), a newer one still by delta."""
+    monkeypatch.setattr(peerbook, "MAX_TOMBSTONES", 3)
+
+    async def main() -> None:
+        ctl = await replica(database_url, "r1")
+        try:
+            await ctl.put_region(REGIONS[0], s.RegionIn(lat=0.0, lon=0.0))
+            token = (await ctl.create_join_token(s.JoinTokenCreate(region=REGIONS[0], uses=100))).token
+            ids = []
+            for i in range(12):
+                body = s.NodeJoin(
+                    join_token=token, region=REGIONS[0], name=f"n{i}", public_key=key(i), endpoint="192.0.2.1:51820"
+                )
+                ids.append(json.loads(await ctl.join_json(body))["node_id"])
+            old = json.loads(ctl.peers_json(ids[0]))
+            for gone in ids[1:5]:  # four departures: past three kept, the older half is dropped
+                await ctl.remove_node(gone)
+                json.loads(ctl.peers_json(ids[0]))  # served (the book takes changes when it serves)
+            recent = json.loads(ctl.peers_json(ids[0]))
+            await ctl.remove_node(ids[5])
+            whole = json.loads(ctl.peers_json(ids[0]))
+            answer = json.loads(ctl.peers_json(ids[0], since=old["generation"]))
+            assert answer["since"] is None and answer["peers"] == whole["peers"]
+            now, was_delta = brought_up_to_date(ctl, ids[0], recent)
+            assert was_delta and now == whole
+        finally:
+            await stop(ctl)
 
     run(main())
 
