@@ -106,7 +106,8 @@ class Controller:
         return self._db_pool.run(fn, *args, **kwargs)
 
     def db_urgent(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> asyncio.Future[T]:
-        """Run a store call ahead of every ordinary one still waiting (drains: the agents wait for them)."""
+        """Run a store call ahead of every ordinary one still waiting: drains (the agents wait for
+        them), the leader's lease and route publication (traffic follows the table)."""
         return self._db_pool.run(fn, *args, urgent=True, **kwargs)
 
     # --- what the API reads ----------------------------------------------------------------
@@ -601,9 +602,10 @@ class Controller:
 
         None when the store refused it: the lease is no longer ours (the caller steps down).
         """
-        generation = max(self._snapshot.generation, await self.db(self.store.max_generation)) + 1
+        generation = max(self._snapshot.generation, await self.db_urgent(self.store.max_generation)) + 1
         published = snap.with_generation(generation)
-        ok = await self.db(self.store.publish_route_table, generation, self.leadership.fence, now, to_body(published))
+        body = to_body(published)
+        ok = await self.db_urgent(self.store.publish_route_table, generation, self.leadership.fence, now, body)
         if not ok:
             return None
         self.adopt(published)

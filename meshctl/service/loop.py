@@ -137,7 +137,7 @@ class ControlLoop:
         ctl = self.ctl
         lead = ctl.leadership
         now = ctl.clock()
-        lease = await ctl.db(
+        lease = await ctl.db_urgent(  # not behind telemetry: a lease renewed late is a leader lost
             ctl.store.acquire_or_renew, ctl.settings.replica_id, lead.instance, now, ctl.settings.lease_s
         )
         if self._deaf_since is not None:  # the database answers again: reports can come in

@@ -1,4 +1,5 @@
-"""The store's threads, with a fast lane: drains go ahead of telemetry.
+"""The store's threads, with a fast lane: drains, the leader's lease and route publication go
+ahead of telemetry.
 
 SQLite takes one writer at a time, so the controller funnels every store call through one
 thread. A plain FIFO put an operator's drain behind whatever was queued before it (report
