@@ -16,14 +16,15 @@ tagged with the generation after the one the state showed when it was made, and 
 left with a tombstone tagged the same way. A tag is never below the change's own generation (a
 drain can land in the state a moment before its generation does), so the delta since G (the
 entries and tombstones tagged after G) holds every change after G, and sometimes one the asker
-has already. Before the last full rebuild, past the state's generation, or with the relayed data
+has already. A log of (tag, node) in tag order makes a delta cost the changes after G, not the
+fleet. Before the last full rebuild, past the state's generation, or with the relayed data
 plane, the answer is the whole list.
 """
 
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from functools import partial
 from itertools import chain
@@ -60,6 +61,7 @@ class PeerBook:
         self._all_dirty = True
         self._tags: dict[str, int] = {}  # node id -> tag of its entry, for entries made since the rebuild
         self._tombstones: dict[str, int] = {}  # node id -> tag of its leaving
+        self._changes: list[tuple[int, str]] = []  # (tag, node id) of each entry made or node gone, in tag order
         self._horizon = 0  # a delta since a generation below this is the whole list
         self._drains_seen = -1
         self.entries_built = 0  # entries made since start (a join makes one)
@@ -117,7 +119,7 @@ class PeerBook:
             self._made = {}
             self._ids = [n.id for n in nodes]
             self._entries = [self._entry(n, self._drained(n)) for n in nodes]
-            self._tags, self._tombstones, self._horizon = {}, {}, tag
+            self._tags, self._tombstones, self._changes, self._horizon = {}, {}, [], tag
             return
         if self._dirty:
             dirty, self._dirty = self._dirty, set()
@@ -129,7 +131,7 @@ class PeerBook:
                 node, drained = self._made[node_id]
                 if self._drained(node) != drained:
                     self._entries[i] = self._entry(node, not drained)
-                    self._tags[node_id] = tag
+                    self._tagged(node_id, tag)
 
     def _put(self, node_id: str, node: Node | None, tag: int) -> None:
         i = bisect_left(self._ids, node_id)
@@ -146,7 +148,7 @@ class PeerBook:
         if here and made is not None and made[0] is node and made[1] == drained:
             return
         entry = self._entry(node, drained)
-        self._tags[node_id] = tag
+        self._tagged(node_id, tag)
         self._tombstones.pop(node_id, None)
         if here:
             self._entries[i] = entry
@@ -154,8 +156,20 @@ class PeerBook:
             self._ids.insert(i, node_id)
             self._entries.insert(i, entry)
 
+    def _tagged(self, node_id: str, tag: int) -> None:
+        self._tags[node_id] = tag
+        self._log(node_id, tag)
+
+    def _log(self, node_id: str, tag: int) -> None:
+        """Append to the change log (tags only grow); rewritten from the tags when it holds twice
+        what they do, so it stays O(nodes)."""
+        self._changes.append((tag, node_id))
+        if len(self._changes) > 2 * (len(self._tags) + len(self._tombstones)) + 64:
+            self._changes = sorted((t, n) for n, t in chain(self._tags.items(), self._tombstones.items()))
+
     def _bury(self, node_id: str, tag: int) -> None:
         self._tombstones[node_id] = tag
+        self._log(node_id, tag)
         if len(self._tombstones) > MAX_TOMBSTONES:
             by_age = sorted(self._tombstones.items(), key=lambda kv: kv[1])
             dropped = by_age[: len(by_age) // 2]
@@ -219,10 +233,12 @@ class PeerBook:
         self._sync()
         if not self.fast() or since < self._horizon or since > self._generation():
             return None
-        changed = sorted(n for n, tag in self._tags.items() if tag > since and n != node_id)
+        # the nodes that changed after `since`, from the log's tail: a poll costs the changes, not the fleet
+        moved = {n for _, n in self._changes[bisect_right(self._changes, (since, "\uffff")) :]}
+        changed = sorted(n for n in moved if n in self._tags and n != node_id)
         entries = self._entries
         found = [entries[i] for i in map(partial(bisect_left, self._ids), changed)]
-        removed = sorted(n for n, tag in self._tombstones.items() if tag > since)
+        removed = sorted(n for n in moved if n in self._tombstones)
         return b"[" + b",".join(found) + b"]", removed
 
     def envelope(self, node_id: str, snap: Snapshot | None) -> s.PeerList:
