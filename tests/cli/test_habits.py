@@ -34,8 +34,14 @@ def stable(data: Any) -> Any:
 
 def test_output_after_the_subcommand(controller: ControllerProcess, tmp_path: Path) -> None:
     controller.feed_links({(A, B): 20.0, (B, A): 20.0, (B, C): 20.0, (C, B): 20.0, (A, C): 100.0, (C, A): 100.0})
+    # every region's report in, both ways relayed (a tick between two reports publishes a table, the
+    # next one another, and its route_change event would move `events --limit 5` between two runs)
     controller.wait_for(
-        lambda: controller.client().get(f"/v1/routes/{A}/{C}").json()["path"] == [A, B, C], what="routes"
+        lambda: (
+            controller.client().get(f"/v1/routes/{A}/{C}").json()["path"] == [A, B, C]
+            and controller.client().get(f"/v1/routes/{C}/{A}").json()["path"] == [C, B, A]
+        ),
+        what="routes",
     )
     commands = [
         ["regions", "list"],

@@ -32,8 +32,12 @@ A, B, C = "aws:us-east-1", "gcp:us-east4", "azure:westeurope"
 def mesh(controller: ControllerProcess) -> ControllerProcess:
     """A through B is cheaper than A to C direct, so A -> C goes via B until B is drained."""
     controller.feed_links({(A, B): 20.0, (B, A): 20.0, (B, C): 20.0, (C, B): 20.0, (A, C): 100.0, (C, A): 100.0})
-    controller.wait_for(
-        lambda: controller.client().get(f"/v1/routes/{A}/{C}").json()["path"] == [A, B, C], what="routes"
+    controller.wait_for(  # every region's report in: both ways relayed
+        lambda: (
+            controller.client().get(f"/v1/routes/{A}/{C}").json()["path"] == [A, B, C]
+            and controller.client().get(f"/v1/routes/{C}/{A}").json()["path"] == [C, B, A]
+        ),
+        what="routes",
     )
     return controller
 
