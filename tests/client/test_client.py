@@ -99,7 +99,9 @@ def test_json_client_answers_what_the_models_hold(mesh: ControllerProcess) -> No
     """The CLI's `JsonClient` gives the API's JSON as it is: the same data the typed client's
     models dump, and the same named errors."""
     with Client(mesh.url, mesh.admin_token) as typed, JsonClient(mesh.url, mesh.admin_token) as raw:
-        assert raw.regions() == [r.model_dump(mode="json") for r in typed.regions()]
+        # regions carry health counters that move every tick: equal when no tick fell between the two
+        pairs = ((raw.regions(), [r.model_dump(mode="json") for r in typed.regions()]) for _ in range(5))
+        assert any(a == b for a, b in pairs)
         assert raw.fetch_route(A, C) == typed.fetch_route(A, C).model_dump(mode="json")
         assert raw.explain(A, C) == typed.explain(A, C).model_dump(mode="json")
         node = typed.nodes()[0]
