@@ -7,7 +7,7 @@ probing: windows go to an on-disk spool and a separate task delivers them in ord
 
 How the reporter answers each status, and the "node removed" contract with the controller, are
 in `probes.reporter`; key rotation is two-phase (a pending key until the controller has it).
-About 670 lines because it is where the parts (join.py, wg.py, stamp.py, stats.py, reporter.py,
+About 680 lines because it is where the parts (join.py, wg.py, stamp.py, stats.py, reporter.py,
 health.py, hooks.py, dataplane.py) meet: the tasks that run them and the state they share; each
 part lives in its own module.
 """
