@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 import sys
 
 import uvicorn
@@ -49,9 +50,22 @@ def serve(
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5
     )
+    _Server(config).run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, with the waiting long polls answered as the shutdown begins (`release_long_polls`):
+    the agents' peer polls end with a 304 and the connection closes, rather than each being
+    cancelled with a 500 once the graceful shutdown's 5 s are up."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        controller = getattr(getattr(self.config.app, "state", None), "controller", None)
+        if controller is not None:
+            await controller.release_long_polls()
+        await super().shutdown(sockets)
 
 
 def _check_replica_id(settings: Settings) -> None:

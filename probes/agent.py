@@ -46,8 +46,9 @@ from probes.loss import LossTracker
 from probes.peer_metrics import PeerGauges
 from probes.problem import describe, is_node_removed
 from probes.reporter import AUTH_TROUBLE, REPORT_TIMEOUT, NodeRemoved, Reporter
+from probes.schedule import ProbeSchedule, probe_rates
 from probes.spool import Spool
-from probes.stamp import MalformedPacket, SenderPacket, parse_reflector, reflect, to_ntp
+from probes.stamp import MalformedPacket, reflect, reply_rtt, sender_packet
 from probes.stats import Jitter, PeerWindow
 
 log = logging.getLogger("meshctl.agent")
@@ -56,7 +57,9 @@ PEERLIST_FILE = "peerlist.json"
 SEQ_FILE = "seq"
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS has the same value
 MAX_DATAGRAM = 2048
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # (the enum member costs ~2 us a test)
 HANDSHAKE_GRACE_S = 2.0  # longer than any one handshake round trip between regions
+TICK_S = 0.02  # the probe loop and the reflector wake together once a tick (`tick`)
 WARMUP_S = 5.0  # a new peer that never answered is reported as lost only after this
 REPLY_TIMEOUT_S = 0.6  # a STAMP reply later than this is lost (useless to real-time media anyway)
 
@@ -109,6 +112,7 @@ class Agent:
         self.reporting.on_unreachable = self.health.unreachable
         # consecutive probe losses per peer: a peer that crosses early_after closes the window early
         self.loss = LossTracker(threshold=max(1, cfg.early_after), timeout_s=REPLY_TIMEOUT_S)
+        self._missed: set[str] = set()  # targets that lost a probe in the running window
         # the relayed data plane: probe address, forwarding, next-hop heartbeats, local fast reroute
         self.dataplane = DataPlane(cfg.interface, cfg.region, cfg.stamp_port, lambda: self.reroute())
         self.m_early = Counter(
@@ -366,42 +370,40 @@ class Agent:
             if peer is None:
                 return
             try:
-                pkt = parse_reflector(data)
+                seq, rtt = reply_rtt(data, received)
             except MalformedPacket:
                 return
-            sent_to = self.outstanding.get(pkt.sender_seq)
+            sent_to = self.outstanding.get(seq)
             if sent_to is not None and sent_to[0] == peer["node_id"]:
-                # in time or not by when the kernel had it, not when a busy event loop got to it
+                # in time or not by when the kernel had it, not when the loop got to it
                 arrived = time.monotonic() - max(0.0, time.time() - received)
-                if self.loss.replied(sent_to[0], pkt.sender_seq, arrived):
+                if self.loss.replied(sent_to[0], seq, arrived):
                     log.info("peer %s answers again", sent_to[0])
-                self.dataplane.watch.probe_replied(sent_to[0], pkt.sender_seq, arrived)
-                sent_to[1].on_reply(pkt.sender_seq, pkt.rtt_seconds(received) * 1000.0)
+                self.dataplane.watch.probe_replied(sent_to[0], seq, arrived)
+                sent_to[1].on_reply(seq, rtt * 1000.0)
                 self.answered.add(sent_to[0])
                 self.m_replies.inc()
 
         sender = timestamped_socket((self.peerlist.get("probe_ip") or cred["overlay_ip"], 0))  # never relayed
-        loop.add_reader(sender.fileno(), receive_all, sender, on_reply)
         window_no = 0
         while True:
             self.choose_targets(window_no)
             windows, seqs = self.windows, list[int]()
             window_start = datetime.now(UTC)
             deadline = loop.time() + self.cfg.window_s
-            interval = 1.0 / self.cfg.probe_rate
-            next_send = loop.time()
+            schedule = ProbeSchedule(self.target_rates(), loop.time())
+            by_id = {p["node_id"]: p for p in self.targets}
             early: frozenset[str] = frozenset()
-            while loop.time() < deadline and not early:
-                step = interval / max(1, len(self.targets))  # spread out: no burst queues behind itself
-                slots: list[dict[str, Any] | None] = [*self.targets] or [None]
-                for p in slots:  # every slot sleeps, sent or not: never a busy loop
-                    if p is not None and self.may_probe(p["public_key"]):
+            while (now := loop.time()) < deadline:
+                for node_id in schedule.due(now):
+                    p = by_id[node_id]
+                    if self.may_probe(p["public_key"]):
                         self.send_probe(sender, p, windows, seqs)
-                    next_send += step
-                    await asyncio.sleep(max(0.0, next_send - loop.time()))
-                    early = self.early_close()
-                    if early:
-                        break
+                receive_all(sender, on_reply)  # the replies since the last tick, before losses are counted
+                early = self.early_close(schedule, now)
+                if early:
+                    break
+                await tick()  # one wake-up a tick for the probes due in it, not one per probe or reply
             if early:
                 # a peer just lost early_after probes in a row: send what this window saw now (its
                 # unanswered probes count as lost), not at its end; the next window starts at once
@@ -414,12 +416,20 @@ class Agent:
                 loop.call_later(REPLY_TIMEOUT_S, self.close_window, window_start, windows, seqs)
             window_no += 1
 
+    def target_rates(self) -> dict[str, float]:
+        """This window's probe rate per target (`probes.schedule`): the full rate to those that lost
+        a probe in the last window or are losing now, the rest of the budget shared by the others."""
+        cfg = self.cfg
+        suspects, self._missed = self._missed, set()
+        suspects.update(n for n in self.windows if self.loss.misses(n))
+        return probe_rates(list(self.windows), cfg.probe_rate, cfg.probe_budget, suspects, 1.0 / cfg.window_s)
+
     def send_probe(
         self, sender: socket.socket, peer: dict[str, Any], windows: dict[str, PeerWindow], seqs: list[int]
     ) -> None:
         seq = self.probe_seq & 0xFFFFFFFF
         self.probe_seq += 1
-        pkt = SenderPacket(seq=seq, timestamp=to_ntp(time.time())).encode()
+        pkt = sender_packet(seq, time.time())
         with contextlib.suppress(BlockingIOError, OSError):
             sender.sendto(pkt, (peer.get("probe_ip") or peer["overlay_ip"], self.cfg.stamp_port))
         windows[peer["node_id"]].on_sent()
@@ -445,10 +455,16 @@ class Agent:
             return True
         return time.monotonic() - self.first_seen.get(peer_key, 0.0) >= HANDSHAKE_GRACE_S
 
-    def early_close(self) -> frozenset[str]:
-        """Peers of this window that just crossed early_after consecutive losses (none when early
-        windows are off, or for a peer still handshaking)."""
+    def early_close(self, schedule: ProbeSchedule | None = None, now: float = 0.0) -> frozenset[str]:
+        """Count the probes that went unanswered; the peers of this window that just crossed
+        early_after consecutive losses (none when early windows are off, or for a peer still
+        handshaking). A target that lost one is probed at the full rate from now on (`schedule`)."""
         change = self.loss.expire(time.monotonic())
+        if change.missed:
+            self._missed |= change.missed
+            if schedule is not None:
+                for node_id in change.missed:
+                    schedule.hurry(node_id, self.cfg.probe_rate, now)
         if self.cfg.early_after <= 0:
             return frozenset()
         return frozenset(n for n in change.down if n in self.windows and self.established(n))
@@ -488,7 +504,6 @@ class Agent:
         self.reporting.spooled(self.spool.dropped - dropped_before)
 
     async def reflector(self) -> None:
-        loop = asyncio.get_running_loop()
         cred = self.credential
 
         def on_request(sock: socket.socket, data: bytes, addr: tuple[str, int], received: float) -> None:
@@ -501,11 +516,20 @@ class Agent:
                 sock.sendto(reply, addr)
                 self.m_reflected.inc()
 
-        for address in dict.fromkeys([cred["overlay_ip"], self.peerlist.get("probe_ip")]):  # data and probe address
-            if address:
-                sock = timestamped_socket((address, self.cfg.stamp_port))
-                loop.add_reader(sock.fileno(), receive_all, sock, functools.partial(on_request, sock))
-        await asyncio.Event().wait()
+        readers = [
+            (sock, functools.partial(on_request, sock))
+            for sock in (
+                timestamped_socket((address, self.cfg.stamp_port))
+                for address in dict.fromkeys([cred["overlay_ip"], self.peerlist.get("probe_ip")])  # data, probe
+                if address
+            )
+        ]
+        # requests are read once a tick, in the probe loop's wake-up: each is stamped when the kernel
+        # had it and its reply says how long it waited (T3 - T2), which the sender takes off its RTT
+        while True:
+            for sock, handle in readers:
+                receive_all(sock, handle)
+            await tick()
 
     # --- reports --------------------------------------------------------------------------
 
@@ -649,6 +673,16 @@ class Agent:
                 raise self._fatal
 
 
+_TICK_PHASE = random.random() * TICK_S  # this process's own: agents on one machine (a lab) do not tick in step
+
+
+async def tick() -> None:
+    """Sleep to this process's next tick (every TICK_S, at its own phase): the loops that tick
+    (probes, reflector) wake in the same turn of the event loop, one wake-up for both."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(TICK_S - (loop.time() - _TICK_PHASE) % TICK_S)
+
+
 def timestamped_socket(addr: tuple[str, int]) -> socket.socket:
     """A non-blocking UDP socket whose datagrams carry the kernel's receive time."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -666,7 +700,7 @@ def receive_all(sock: socket.socket, handle: Callable[[bytes, tuple[str, int], f
             data, ancillary, flags, addr = sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(16))
         except (BlockingIOError, InterruptedError):
             return
-        if flags & socket.MSG_TRUNC:
+        if flags & _MSG_TRUNC:
             continue  # larger than any STAMP packet: hostile or broken
         received = time.time()
         for level, kind, value in ancillary:

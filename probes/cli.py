@@ -46,6 +46,7 @@ RUN_OPTIONS: tuple[tuple[str, str, type, str, str], ...] = (
     ("--metrics-listen", "metrics_listen", str, "HOST:PORT", "/metrics on HOST:PORT instead (MESH_METRICS_LISTEN)."),
     ("--window", "window_s", float, "SECONDS", "Report window seconds (default 5)."),
     ("--probe-rate", "probe_rate", float, "RATE", "Packets/s per target (default 5)."),
+    ("--probe-budget", "probe_budget", float, "RATE", "Packets/s to all targets together (default 150)."),
     ("--targets-per-region", "targets_per_region", int, "N", "Peers probed per other region (default 2)."),
     ("--early-after", "early_after", int, "N", "Send the window after N lost in a row (3; 0 off)."),
     ("--health-listen", "health_listen", str, "HOST:PORT", "GET /healthz here (default 0.0.0.0:9901)."),

@@ -37,6 +37,7 @@ class AgentConfig:
     metrics_listen: str | None = None  # HOST:PORT for /metrics; wins over metrics_port (on 127.0.0.1)
     window_s: float = 5.0
     probe_rate: float = 5.0
+    probe_budget: float = 150.0  # probes/s to all targets together (probes.schedule)
     targets_per_region: int = 2
     join: str = "auto"  # auto | attested | token (probes.join)
     join_token_file: Path | None = None  # the token in a file of mode 0600 (read at join time)
@@ -81,6 +82,7 @@ ENV = {
     "metrics_listen": "MESH_METRICS_LISTEN",
     "window_s": "MESH_WINDOW_S",
     "probe_rate": "MESH_PROBE_RATE",
+    "probe_budget": "MESH_PROBE_BUDGET",
     "targets_per_region": "MESH_TARGETS_PER_REGION",
     "join": "MESH_JOIN",
     "join_token_file": "MESH_JOIN_TOKEN_FILE",
@@ -140,7 +142,7 @@ def load(flags: dict[str, Any], config_file: Path | None = None, env: dict[str, 
         try:
             if f.name in ("listen_port", "stamp_port", "metrics_port", "targets_per_region", "early_after"):
                 value = int(value)
-            elif f.name in ("window_s", "probe_rate", "controller_grace_s", "hook_timeout_s"):
+            elif f.name in ("window_s", "probe_rate", "probe_budget", "controller_grace_s", "hook_timeout_s"):
                 value = float(value)
             elif f.name in ("state_dir", "join_token_file"):
                 value = Path(value)
@@ -152,6 +154,8 @@ def load(flags: dict[str, Any], config_file: Path | None = None, env: dict[str, 
     cfg = AgentConfig(**out)
     if not 0 < cfg.window_s <= 300 or not 0 < cfg.probe_rate <= 100 or cfg.targets_per_region < 1:
         raise AgentConfigError("window_s must be in (0, 300], probe_rate in (0, 100], targets_per_region >= 1")
+    if not 0 < cfg.probe_budget <= 100_000:
+        raise AgentConfigError(f"probe_budget must be in (0, 100000] probes/s, not {cfg.probe_budget:g}")
     if cfg.join not in JOIN_MODES:
         raise AgentConfigError(f"join: {cfg.join!r} is not one of {', '.join(JOIN_MODES)}")
     metrics_address(cfg.metrics_listen, cfg.metrics_port)  # a malformed HOST:PORT is refused here

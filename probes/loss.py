@@ -37,21 +37,29 @@ class Change:
 
     down: frozenset[str] = frozenset()
     up: frozenset[str] = frozenset()
+    missed: frozenset[str] = frozenset()  # peers that lost a probe (down or not yet)
 
     def __bool__(self) -> bool:
         return bool(self.down or self.up)
 
 
+_NO_CHANGE = Change()
+
+
 @dataclass
 class _Peer:
-    outstanding: deque[tuple[int, float]] = field(default_factory=deque)  # (seq, sent at), in send order
+    outstanding: dict[int, float] = field(default_factory=dict)  # seq -> sent at, in send order
     misses: int = 0  # consecutive losses since the newest answered probe
     newest_answered: float = float("-inf")  # send time of the newest probe that got a reply
     down: bool = False
 
 
 class LossTracker:
-    """Per peer (node id): consecutive probe losses and whether the peer is down (>= threshold)."""
+    """Per peer (node id): consecutive probe losses and whether the peer is down (>= threshold).
+
+    Every probe has the same timeout, so send order is expiry order: one queue of every
+    outstanding probe makes `expire` cost the probes that expired, not the peers (an agent with
+    300 targets calls it at every tick)."""
 
     def __init__(self, threshold: int = DEFAULT_THRESHOLD, timeout_s: float = 0.6) -> None:
         if threshold < 1:
@@ -62,12 +70,17 @@ class LossTracker:
         self.timeout_s = timeout_s
         self.listeners: list[Callable[[str, bool], None]] = []
         self._peers: dict[str, _Peer] = {}
+        self._queue: deque[tuple[float, str, int]] = deque()  # (sent at, node id, seq), in send order
 
     # --- feeding ---------------------------------------------------------------------------
 
     def sent(self, node_id: str, seq: int, at: float) -> None:
         """A probe `seq` was sent to `node_id` at time `at` (send order is call order)."""
-        self._peers.setdefault(node_id, _Peer()).outstanding.append((seq, at))
+        peer = self._peers.get(node_id)
+        if peer is None:
+            peer = self._peers[node_id] = _Peer()
+        peer.outstanding[seq] = at
+        self._queue.append((at, node_id, seq))
 
     def replied(self, node_id: str, seq: int, at: float) -> bool:
         """A reply to probe `seq` from `node_id` came at `at`; True when it brought a down peer back.
@@ -78,13 +91,12 @@ class LossTracker:
         peer = self._peers.get(node_id)
         if peer is None:
             return False
-        entry = next((e for e in peer.outstanding if e[0] == seq), None)
-        if entry is None:
+        sent_at = peer.outstanding.get(seq)
+        if sent_at is None:
             return False
-        sent_at = entry[1]
         if at - sent_at > self.timeout_s:
             return False  # too late: left for expire() to count as lost, as the window counts it
-        peer.outstanding.remove(entry)
+        del peer.outstanding[seq]
         if sent_at > peer.newest_answered:
             peer.newest_answered = sent_at
         peer.misses = 0
@@ -95,20 +107,27 @@ class LossTracker:
         return False
 
     def expire(self, now: float) -> Change:
-        """Count every probe unanswered for longer than the timeout as lost; return the transitions."""
+        """Count every probe unanswered for longer than the timeout as lost; return the transitions
+        (and in `missed`, every peer that lost a probe in this call)."""
         down: set[str] = set()
-        for node_id, peer in self._peers.items():
-            q = peer.outstanding
-            while q and now - q[0][1] > self.timeout_s:
-                _seq, sent_at = q.popleft()
-                if sent_at < peer.newest_answered:
-                    continue  # a later probe was answered: this one was overtaken, not a run of losses
-                peer.misses += 1
-                if peer.misses >= self.threshold and not peer.down:
-                    peer.down = True
-                    down.add(node_id)
-                    self._tell(node_id, True)
-        return Change(down=frozenset(down))
+        missed: set[str] = set()
+        queue, peers, timeout = self._queue, self._peers, self.timeout_s
+        while queue and now - queue[0][0] > timeout:
+            sent_at, node_id, seq = queue.popleft()
+            peer = peers.get(node_id)
+            if peer is None or peer.outstanding.pop(seq, None) is None:
+                continue  # answered, or a peer forgotten since
+            if sent_at < peer.newest_answered:
+                continue  # a later probe was answered: this one was overtaken, not a run of losses
+            peer.misses += 1
+            missed.add(node_id)
+            if peer.misses >= self.threshold and not peer.down:
+                peer.down = True
+                down.add(node_id)
+                self._tell(node_id, True)
+        if not missed:
+            return _NO_CHANGE
+        return Change(down=frozenset(down), missed=frozenset(missed))
 
     # --- reading ---------------------------------------------------------------------------
 

@@ -93,6 +93,7 @@ class Controller:
         self._replicas: list[s.ReplicaOut] = []
         self._changed = asyncio.Condition()
         self._changes = 0  # bumped by every notify(): long polls wait for it to move
+        self.closing = False  # shutting down: long polls answer at once (`release_long_polls`)
         self._kick = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.listening = False  # PostgreSQL LISTEN connection up: polling is only the fallback
@@ -207,15 +208,24 @@ class Controller:
         task.add_done_callback(self._tasks.discard)
 
     async def wait_changed(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Long poll: wait until predicate() holds or timeout passes."""
+        """Long poll: wait until predicate() holds or timeout passes (or the server shuts down)."""
         if predicate():
             return True
         try:
             async with self._changed:
-                await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
-            return True
+                await asyncio.wait_for(self._changed.wait_for(lambda: predicate() or self.closing), timeout)
+            return predicate()
         except TimeoutError:
             return False
+
+    async def release_long_polls(self) -> None:
+        """The server is shutting down: every waiting long poll answers now with what it has (a 304
+        for an agent's peer list), as if its wait had run out, instead of being cancelled with a 500
+        when the graceful shutdown's time is up (which agents count as the controller failing)."""
+        self.closing = True
+        self.peer_book.closing = True
+        await self.notify()
+        self.peer_book.release()
 
     # --- auth ----------------------------------------------------------------------------
 
@@ -364,7 +374,7 @@ class Controller:
 
     async def wait_peers(self, node_id: str, start: int, timeout: float) -> None:
         """Long poll: until the peer generation moves from `start` or the node leaves."""
-        await self.peer_book.wait_moved(start, timeout, lambda: node_id not in self.state.nodes)
+        await self.peer_book.wait_moved(start, timeout, lambda: node_id not in self.state.nodes or self.closing)
 
     def peers_json(self, node_id: str, since: int | None = None) -> bytes:
         """The node's peer list as JSON, from the peer book (equal to `peers_of`); with `since`, the

@@ -72,6 +72,7 @@ class PeerBook:
         self._moved: asyncio.Future[None] | None = None  # resolved when the generation moves
         self._armed_at = -1  # the generation `_moved` waits to move from
         self._fire_due = False
+        self.closing = False  # the server shuts down: no poll waits any more
         state.watch(self._changed)
 
     def _changed(self, node_id: str, node: Node | None) -> None:
@@ -186,7 +187,7 @@ class PeerBook:
         each of them once."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._generation() == start and not gone():
+        while self._generation() == start and not gone() and not self.closing:
             if self._moved is None or self._moved.done():
                 self._moved, self._armed_at = loop.create_future(), self._generation()
             left = deadline - loop.time()
@@ -208,6 +209,12 @@ class PeerBook:
             return
         self._fire_due = True
         asyncio.get_running_loop().call_soon(self._fire)
+
+    def release(self) -> None:
+        """Wake every waiting poll at once (they see `closing` and answer)."""
+        if self._moved is not None and not self._moved.done():
+            self._moved.set_result(None)
+        self._moved = None
 
     def _fire(self) -> None:
         self._fire_due = False

@@ -317,14 +317,16 @@ def test_fail_static_within_the_grace_then_503_then_back(
     async def main() -> None:
         async with _agent(controller, tmp_path, node, grace, monkeypatch) as agent:
             await _until(lambda: agent.peerlist, 10, "the first peer list")
-            stopping = time.monotonic()  # the agent's first failure can come as the shutdown begins
-            await asyncio.to_thread(controller.stop)
-            stopped = time.monotonic()
-            # the controller is down: 200 all through the grace (fail static)
-            while time.monotonic() - stopped < grace - 0.5:
+            # the controller shuts down (it stops listening at once, then winds down): the agent's first
+            # failure can come as the shutdown begins, so the grace counts from there
+            stopping = time.monotonic()
+            stop = asyncio.ensure_future(asyncio.to_thread(controller.stop))
+            # 200 all through the grace (fail static), while the controller goes and after it went
+            while time.monotonic() - stopping < grace - 0.5:
                 r = await _healthz(agent)
                 assert r.status_code == 200, r.json()
                 await asyncio.sleep(0.2)
+            await stop
             deadline = time.monotonic() + grace + 5
             while (r := await _healthz(agent)).status_code != 503:
                 assert time.monotonic() < deadline, "never 503 after the grace"

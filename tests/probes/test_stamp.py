@@ -19,6 +19,8 @@ from probes.stamp import (
     parse_reflector,
     parse_sender,
     reflect,
+    reply_rtt,
+    sender_packet,
     to_ntp,
 )
 from probes.stats import PeerWindow
@@ -59,6 +61,47 @@ def test_random_bytes_never_crash_and_never_amplify(data: bytes) -> None:
         assert len(data) >= 44 and not any(data[14:])
     with contextlib.suppress(MalformedPacket):
         parse_reflector(data)
+
+
+def _reflect_by_objects(data: bytes, received: float, sent: float, seq: int) -> bytes | None:
+    """The reflector's decision written with the codec's objects (what `reflect` does without them)."""
+    try:
+        req = parse_sender(data)
+    except MalformedPacket:
+        return None
+    reply = struct.pack(
+        "!IQH2xQIQH2xB3x", seq, to_ntp(sent), 0x8000, to_ntp(received), req.seq, req.timestamp, req.error_estimate, 255
+    )
+    return reply
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.binary(min_size=0, max_size=200),
+        st.builds(
+            lambda seq, t, tail: sender_packet(seq, t) + tail,
+            st.integers(0, 2**32 - 1),
+            st.floats(1e9, 2.08e9),
+            st.binary(max_size=40),
+        ),
+    ),
+    st.floats(1e9, 2.08e9),
+)
+def test_the_fast_paths_agree_with_the_codec(data: bytes, t: float) -> None:
+    """`reflect`, `sender_packet` and `reply_rtt` (no objects: one call per packet in the agent) give
+    what the dataclass codec gives, on valid and on hostile input."""
+    assert reflect(data, t, t + 0.001, 9) == _reflect_by_objects(data, t, t + 0.001, 9)
+    assert sender_packet(5, t) == SenderPacket(seq=5, timestamp=to_ntp(t)).encode()
+    try:
+        pkt = parse_reflector(data)
+    except MalformedPacket:
+        with pytest.raises(MalformedPacket):
+            reply_rtt(data, t)
+    else:
+        assert reply_rtt(data, t) == (pkt.sender_seq, pkt.rtt_seconds(t))
+    reply = reflect(sender_packet(77, t), t + 0.040, t + 0.045, 3)
+    assert reply is not None and reply_rtt(reply, t + 0.090) == (77, pytest.approx(0.085, abs=1e-6))
 
 
 @settings(max_examples=300, deadline=None)
