@@ -7,8 +7,8 @@ probing: windows go to an on-disk spool and a separate task delivers them in ord
 
 How the reporter answers each status, and the "node removed" contract with the controller, are
 in `probes.reporter`; key rotation is two-phase (a pending key until the controller has it).
-About 680 lines because it is where the parts (join.py, wg.py, stamp.py, stats.py, reporter.py,
-health.py, hooks.py, dataplane.py) meet: the tasks that run them and the state they share; each
+About 720 lines because it is where the parts (join.py, wg.py, stamp.py, stats.py, schedule.py,
+reporter.py, health.py, hooks.py, dataplane.py) meet: the tasks that run them and the state they share; each
 part lives in its own module.
 """
 
@@ -455,16 +455,15 @@ class Agent:
             return True
         return time.monotonic() - self.first_seen.get(peer_key, 0.0) >= HANDSHAKE_GRACE_S
 
-    def early_close(self, schedule: ProbeSchedule | None = None, now: float = 0.0) -> frozenset[str]:
+    def early_close(self, schedule: ProbeSchedule, now: float) -> frozenset[str]:
         """Count the probes that went unanswered; the peers of this window that just crossed
         early_after consecutive losses (none when early windows are off, or for a peer still
         handshaking). A target that lost one is probed at the full rate from now on (`schedule`)."""
         change = self.loss.expire(time.monotonic())
         if change.missed:
             self._missed |= change.missed
-            if schedule is not None:
-                for node_id in change.missed:
-                    schedule.hurry(node_id, self.cfg.probe_rate, now)
+            for node_id in change.missed:
+                schedule.hurry(node_id, self.cfg.probe_rate, now)
         if self.cfg.early_after <= 0:
             return frozenset()
         return frozenset(n for n in change.down if n in self.windows and self.established(n))

@@ -9,7 +9,7 @@
     loop.py        the control loop (recompute, drains, publication), through the public
                    methods under "the control loop's side" below and nothing else
 
-About 630 lines because it is the whole surface the API sees: one short delegating method per
+About 650 lines because it is the whole surface the API sees: one short delegating method per
 operation, the logic in the modules above.
 
 Reads (routes, links, placement, regions) are answered from memory. Writes a client is told
@@ -223,7 +223,6 @@ class Controller:
         for an agent's peer list), as if its wait had run out, instead of being cancelled with a 500
         when the graceful shutdown's time is up (which agents count as the controller failing)."""
         self.closing = True
-        self.peer_book.closing = True
         await self.notify()
         self.peer_book.release()
 
@@ -374,7 +373,7 @@ class Controller:
 
     async def wait_peers(self, node_id: str, start: int, timeout: float) -> None:
         """Long poll: until the peer generation moves from `start` or the node leaves."""
-        await self.peer_book.wait_moved(start, timeout, lambda: node_id not in self.state.nodes or self.closing)
+        await self.peer_book.wait_moved(start, timeout, lambda: node_id not in self.state.nodes)
 
     def peers_json(self, node_id: str, since: int | None = None) -> bytes:
         """The node's peer list as JSON, from the peer book (equal to `peers_of`); with `since`, the

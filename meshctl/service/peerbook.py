@@ -211,7 +211,8 @@ class PeerBook:
         asyncio.get_running_loop().call_soon(self._fire)
 
     def release(self) -> None:
-        """Wake every waiting poll at once (they see `closing` and answer)."""
+        """The server shuts down: wake every waiting poll at once, and let none wait from now on."""
+        self.closing = True
         if self._moved is not None and not self._moved.done():
             self._moved.set_result(None)
         self._moved = None
