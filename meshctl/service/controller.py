@@ -613,7 +613,7 @@ class Controller:
         """
         generation = max(self._snapshot.generation, await self.db_urgent(self.store.max_generation)) + 1
         published = snap.with_generation(generation)
-        body = to_body(published)
+        body = await asyncio.to_thread(to_body, published)  # ~25 ms at 150 regions: not on the event loop
         ok = await self.db_urgent(self.store.publish_route_table, generation, self.leadership.fence, now, body)
         if not ok:
             return None
