@@ -14,6 +14,9 @@ grouping), and returns a `LinkTable`: the links as columns, which the control lo
 (health, costs, history) read as whole arrays; it is also a read-only mapping of `RegionLink`s,
 made only when someone reads it that way (the API, metrics). `fold_in_parts` splits the fold
 for the control loop: the bookkeeping on the event loop, the numbers on a thread.
+
+About 510 lines: the book and the table it folds into are one piece (the table's columns are
+the book's grouping), each short on its own.
 """
 
 from __future__ import annotations
