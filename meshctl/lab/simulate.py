@@ -87,6 +87,8 @@ class SimConfig:
     route_qps: float = 20.0
     rtt_csv: Path = RTT_CSV
     controller_env: dict[str, str] = field(default_factory=dict)
+    # run the controller of another checkout (its cwd and PYTHONPATH), for a before/after
+    controller_tree: Path | None = None
 
 
 @dataclass
@@ -250,9 +252,15 @@ class Controller:
 
 
 def start_controller(
-    database_url: str | None, workdir: Path, env: dict[str, str], replica_id: str = "sim", token: str | None = None
+    database_url: str | None,
+    workdir: Path,
+    env: dict[str, str],
+    replica_id: str = "sim",
+    token: str | None = None,
+    tree: Path | None = None,
 ) -> Controller:
-    """`meshctl serve` on a free port (SQLite in `workdir` unless `database_url`), ready to answer."""
+    """`meshctl serve` on a free port (SQLite in `workdir` unless `database_url`), ready to answer;
+    `tree`: the meshctl of that checkout (started there, on its PYTHONPATH)."""
     import httpx
 
     port, token = free_port(), token or secrets.token_urlsafe(24)
@@ -261,8 +269,13 @@ def start_controller(
     argv = [sys.executable, "-m", "meshctl", "serve", "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--database-url", url, "--replica-id", replica_id, "--log-level", "warning"]
     with open(log, "ab") as out:
+        where = {} if tree is None else {"PYTHONPATH": str(tree)}
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "MESH_ADMIN_TOKEN": token, **env}
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MESH_ADMIN_TOKEN": token, **where, **env},
+            cwd=tree,
         )
     ctl = Controller(proc, f"http://127.0.0.1:{port}", token, url, log)
     deadline = time.monotonic() + 300  # a 2-core machine at load 40: minutes seen
@@ -280,12 +293,16 @@ def start_controller(
 def start_replicas(cfg: SimConfig, database_url: str | None, workdir: Path) -> list[Controller]:
     """`cfg.replicas` controllers on one store, sharing the admin token (replica ids sim-1, sim-2, ...)."""
     if cfg.replicas == 1:
-        return [start_controller(database_url, workdir, cfg.controller_env)]
+        return [start_controller(database_url, workdir, cfg.controller_env, tree=cfg.controller_tree)]
     token = secrets.token_urlsafe(24)
     out: list[Controller] = []
     try:
         for i in range(cfg.replicas):
-            out.append(start_controller(database_url, workdir, cfg.controller_env, f"sim-{i + 1}", token))
+            out.append(
+                start_controller(
+                    database_url, workdir, cfg.controller_env, f"sim-{i + 1}", token, tree=cfg.controller_tree
+                )
+            )
     except BaseException:
         for ctl in out:
             ctl.stop()

@@ -102,6 +102,31 @@ def test_two_replicas_on_postgresql_store_every_acknowledged_report_and_say_how_
     assert "ingestion with replicas: 1 -> 2" in proc.stdout
 
 
+@pytest.mark.slow
+def test_before_runs_another_checkouts_controller_first_and_prints_both(tmp_path: Path) -> None:
+    """`--before DIR`: the same fleet against the controller of another checkout, then this one,
+    side by side (here the other checkout is a copy of this one's code, as `git archive` makes)."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(ROOT / "meshctl", old / "meshctl", ignore=shutil.ignore_patterns("__pycache__"))
+    fleet = ["--regions", "3", "--nodes-per-region", "2", "--duration", "4", "--window", "1", "--route-qps", "5"]
+    proc = bench_scale(*fleet, "--before", str(old), "-o", "json")
+    result = last_json(proc)
+    before = result["before"]
+    for run in (before, result):
+        assert run["acknowledged"] > 0 and run["lost"] == 0 and run["stored"] == run["acknowledged"]
+    assert f"[before: the controller of {old}]" in proc.stdout
+    table = proc.stdout[proc.stdout.index("after/before") :]
+    assert f"{'report p99, ms':38} {before['report_p99_ms']!s:>12} {result['report_p99_ms']!s:>12}" in table
+
+
+def test_before_must_be_a_checkout(tmp_path: Path) -> None:
+    proc = bench_scale("--regions", "2", "--before", str(tmp_path), timeout=60)
+    assert proc.returncode != 0
+    assert "not a checkout of meshctl" in proc.stderr
+
+
 def test_several_replicas_need_postgresql() -> None:
     proc = bench_scale("--regions", "2", "--nodes-per-region", "1", "--replicas", "2", timeout=60)
     assert proc.returncode != 0
