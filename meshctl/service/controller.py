@@ -557,7 +557,7 @@ class Controller:
         deadline = self.clock() + wait
         while True:
             seen = self._changes
-            found = await self.db(self.store.events, since_id, since_ts, limit, region, kind)
+            found = await self.db(self.store.events, since_id, since_ts, limit, region, kind, self.clock())
             if found or wait <= 0 or self.clock() >= deadline:
                 break
             # woken by any change (a NOTIFY "event" from the database while listening); polled

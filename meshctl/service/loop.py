@@ -370,7 +370,8 @@ class ControlLoop:
 async def _requests_first() -> None:
     """Let the requests waiting on the event loop run between the recompute's stages: each stage
     is a few ms at 3,000 nodes, the whole tick tens, and a route query or a report that waits for
-    all of it is the p99. What a stage reads it reads afresh after this."""
+    all of it is the p99. A stage works on what the stages before it computed: a node, a drain or
+    a report that came meanwhile counts from the next tick, as with the store calls a tick waits on."""
     await asyncio.sleep(0)
 
 

@@ -95,6 +95,9 @@ COUNTERS = ("peer_generation", "config_version")
 # with what changed: "config", "peers", "event" or "table"
 CHANGES_CHANNEL = "meshctl_changes"
 MIGRATION_LOCK_KEY = 0x6D657368  # "mesh": pg_advisory_xact_lock key held while migrating
+# how long an event id missing below a committed one may still be a transaction in flight
+# (PostgreSQL): readers wait for it that long, then take it as rolled back (`Store.events`)
+EVENT_GAP_WAIT_S = 10.0
 
 log = logging.getLogger("meshctl.store")
 
@@ -334,11 +337,24 @@ class Store:
         limit: int = 100,
         region: str | None = None,
         kind: str | None = None,
+        now: float | None = None,
     ) -> list[Event]:
+        """Events after `since_id` (or from `since_ts`) in id order; without either, the newest.
+
+        On PostgreSQL an event takes its id when inserted and shows when its transaction commits,
+        which can be after an event with a higher id: a reader that moved past the higher one would
+        never see it (a drain missed by `GET /v1/events?since=` and the event stream). So past
+        `since_id` nothing is answered beyond an id that is missing while the event after it is
+        younger than `EVENT_GAP_WAIT_S`: the missing one may still commit. A gap older than that
+        is taken as a transaction that rolled back (its id is never used)."""
         with self._tx() as s:
             q = select(EventRow)
             if since_id is not None:
                 q = q.where(EventRow.id > since_id)
+                if self.backend == "postgresql":
+                    gap = self._first_fresh_gap(s, since_id, time.time() if now is None else now)
+                    if gap is not None:
+                        q = q.where(EventRow.id < gap)
             if since_ts is not None:
                 q = q.where(EventRow.ts >= since_ts)
             if region is not None:
@@ -350,6 +366,19 @@ class Store:
             else:
                 rows = list(s.scalars(q.order_by(EventRow.id).limit(limit)))
             return [Event.of(r) for r in rows]
+
+    @staticmethod
+    def _first_fresh_gap(s: Session, since_id: int, now: float, scan: int = 1000) -> int | None:
+        """The first id after `since_id` not (yet) in the table while a later event is younger
+        than EVENT_GAP_WAIT_S; None when there is none in the next `scan` events."""
+        expect = since_id + 1
+        for event_id, ts in s.execute(
+            select(EventRow.id, EventRow.ts).where(EventRow.id > since_id).order_by(EventRow.id).limit(scan)
+        ):
+            if event_id != expect and now - ts < EVENT_GAP_WAIT_S:
+                return expect
+            expect = event_id + 1
+        return None
 
     # --- regions and drains --------------------------------------------------------------
 
