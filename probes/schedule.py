@@ -49,9 +49,6 @@ class ProbeSchedule:
         self._heap = [(start + i / n / r, t, 0) for i, (t, r) in enumerate(rates.items())]
         heapq.heapify(self._heap)
 
-    def __contains__(self, target: object) -> bool:
-        return target in self.rates
-
     def due(self, now: float) -> list[str]:
         """The targets whose probe is due by `now`, each scheduled again one interval later (from
         `now` when it fell more than an interval behind: a late wake-up is not made up in a burst)."""
@@ -64,13 +61,6 @@ class ProbeSchedule:
             interval = 1.0 / self.rates[target]
             heapq.heappush(heap, (max(at + interval, now), target, version))
         return out
-
-    def next_due(self) -> float:
-        """When the next probe is due (inf with no targets)."""
-        heap = self._heap
-        while heap and heap[0][2] != self._version[heap[0][1]]:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else float("inf")
 
     def hurry(self, target: str, rate: float, now: float) -> None:
         """Probe `target` at `rate` from now on (a lost probe: make it a suspect at once)."""

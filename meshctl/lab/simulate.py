@@ -16,7 +16,7 @@ What it measures is in `Result`; `meshctl lab simulate` shows it live, `bench.be
 it (and one JSON line). One simulator process: its own CPU and how late it sent windows are in
 the result (`sim_cpu_percent`, `sim_lag_p99_ms`), so a run that could not keep up says so.
 
-About 870 lines as one module because most of it is `Simulation`, one run's shared state (fleet,
+About 890 lines as one module because most of it is `Simulation`, one run's shared state (fleet,
 schedule, counters) and the tasks that read it; it would split first at the measuring side (the
 /proc, database and /metrics readers, and the summary) into their own module.
 """
