@@ -310,6 +310,10 @@ def compute_routes(
             prev_relays = np.where(differs[..., None], previous.relays, -1).astype(np.int32)
             prev_cost = _path_costs(prev_relays, cost, weights.relay_penalty_ms)
             keep = differs & np.isfinite(prev_cost) & (prev_cost <= new_cost * (1.0 + weights.hysteresis_ratio))
+            # ...but a relay is never kept over a direct link at least as cheap: the band stays one
+            # margin wide (relay below (1 - margin) x direct, direct again once no dearer than the
+            # relay), and a route that moved to a relay while its link was down comes back on heal
+            keep &= ~((previous.relays[..., 0] >= 0) & (relays[..., 0] < 0) & (new_cost <= prev_cost))
             if keep.any():
                 relays = np.where(keep[..., None], previous.relays, relays).astype(np.int32)
                 new_cost, est_rtt = _path_sums(relays, [cost, rtt], [weights.relay_penalty_ms, 0.0])

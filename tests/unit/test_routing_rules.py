@@ -83,6 +83,27 @@ def test_hysteresis_keeps_previous_within_margin_and_switches_beyond() -> None:
     assert ("A", "C", ["A", "B", "C"], ["A", "C"]) in diff_routes(prev, moved)
 
 
+def test_healed_direct_link_wins_back_a_dearer_relay_within_the_margin() -> None:
+    """A route that moved to a relay while its direct link was down comes back once the link is no
+    dearer than the relay, though the relay is within the margin (it would otherwise stay for good:
+    the relay lab's healed pairs have relays 3-6% dearer than their direct links)."""
+    regs = ["A", "B", "C"]
+    down = mat([[0, 20, math.inf], [20, 0, 20], [math.inf, 20, 0]])
+    on_relay = compute_routes(regs, down, down, set(), W)
+    assert on_relay.path("A", "C") == ["A", "B", "C"]
+    relay_cost = float(on_relay.cost[0, 2])
+    healed = down.copy()
+    healed[0, 2] = healed[2, 0] = relay_cost * 0.99  # direct cheaper by 1%: inside the 5% margin
+    back = compute_routes(regs, healed, healed, set(), W, on_relay)
+    assert back.path("A", "C") == ["A", "C"] and back.path("C", "A") == ["C", "A"]
+    # no flapping: the relay wins again only when it is cheaper than direct by the margin
+    noisy = healed.copy()
+    noisy[0, 2] = relay_cost * 1.04
+    assert compute_routes(regs, noisy, noisy, set(), W, back).path("A", "C") == ["A", "C"]
+    # a relay cheaper than direct, if by less than the margin, is still kept
+    assert compute_routes(regs, noisy, noisy, set(), W, on_relay).path("A", "C") == ["A", "B", "C"]
+
+
 def test_relay_needs_margin_over_direct() -> None:
     regs = ["A", "B", "C"]
     m = mat([[0, 20, 42], [20, 0, 20], [42, 20, 0]])  # relay 41 vs direct 42: under 5% better
