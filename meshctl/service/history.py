@@ -25,16 +25,19 @@ regions (22,350 directed pairs) that is at most 32.2 million minute rows (22,350
 (table and indexes), so ~4.6 + 2.3 GB on SQLite and ~7.4 + 3.7 GB on PostgreSQL at most. Costs
 measured at 150 regions with every link new each 1 s tick: `observe` ~15 ms a tick (event loop),
 the minute's rows ~0.5 s (a worker thread), the write ~0.4 s (SQLite) / ~0.7 s (PostgreSQL) a
-minute; an hour's rollup reads 1.34 million minute rows once an hour (a worker thread).
+minute; an hour's rollup reads 1.34 million minute rows once an hour (worker threads; 7-8 s in
+all, `bench.bench_history`). The control loop runs all of it beside its ticks, not in them: a
+tick that waited for it froze routes and drains for ~1 s each minute and ~8 s each hour.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -43,6 +46,7 @@ import numpy as np
 from meshctl.core.links import LinkTable, PairIndex, RegionLink
 from meshctl.service.errors import Invalid
 from meshctl.store.history import Row
+from meshctl.store.values import Fence
 from meshctl.wire import schemas as s
 
 if TYPE_CHECKING:
@@ -54,6 +58,9 @@ MINUTE, HOUR = 60, 3600
 KEEP: dict[int, float] = {MINUTE: 86_400.0, HOUR: 30 * 86_400.0}  # step -> seconds kept
 STEPS = {"1m": MINUTE, "1h": HOUR}
 CATCH_UP_HOURS = 24  # a new leader rolls up at most this many past hours it finds missing
+# rows per transaction: at 150 regions a minute is 22,350 rows, ~0.4 s of SQLite's one writer in
+# one go, which every report acknowledged meanwhile would wait for
+WRITE_ROWS = 2_000
 
 _DURATION = re.compile(r"^([0-9]{1,7})(s|m|h|d|w)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -212,8 +219,8 @@ class MinuteBuffer:
 
 
 class HistoryWriter:
-    """Buffers the folded links of each tick; at each minute boundary writes the minute's rows (one
-    executemany, fenced by the lease), then rolls up any hour that has ended."""
+    """Buffers the folded links of each tick; at each minute boundary hands back the write of the
+    minute's rows (one executemany, fenced by the lease) and of any hour that has ended."""
 
     def __init__(self, ctl: Controller) -> None:
         self.ctl = ctl
@@ -225,31 +232,35 @@ class HistoryWriter:
         self._bucket: int | None = None
         self._hours_done: int | None = None  # start of the newest hour rolled up (or found rolled up)
 
-    async def tick(self, links: Mapping[tuple[str, str], RegionLink], now: float) -> bool:
-        """Take this tick's links; at a minute boundary, write the minute that ended.
-
-        False when the store refused the write because the lease is no longer ours.
-        """
+    def tick(self, links: Mapping[tuple[str, str], RegionLink], now: float) -> Callable[[], Awaitable[bool]] | None:
+        """Take this tick's links. At a minute boundary, also the write of the minute that ended
+        (its rows, then any hour that has ended), fenced by the lease as it is now, for the caller
+        to run off the tick (~1 s at 150 regions); it answers False when the store refused it
+        because the lease is no longer ours. Writes must run one at a time, in order."""
         bucket = int(now // MINUTE) * MINUTE
-        ok = True
+        write = None
         if self._bucket is not None and bucket != self._bucket:
-            ok = await self._flush(self._bucket, now)
+            samples, pairs = self.buffer.take(), list(self.buffer.pairs)
+            write = functools.partial(self._flush, self._bucket, samples, pairs, self.ctl.leadership.fence)
         self._bucket = bucket
         self.buffer.observe(links)
-        return ok
+        return write
 
-    async def _flush(self, bucket: int, now: float) -> bool:
-        ctl = self.ctl
-        samples = self.buffer.take()
-        pairs = list(self.buffer.pairs)
+    async def _flush(self, bucket: int, samples: np.ndarray, pairs: list[tuple[str, str]], fence: Fence) -> bool:
         rows = await asyncio.to_thread(
             minute_rows, pairs, samples[:, 0], samples[:, 1], samples[:, 2], samples[:, 3], bucket
         )
-        if rows and not await ctl.db(ctl.store.history.write, rows, ctl.leadership.fence, now):
-            return False
-        return await self._roll_hours(bucket + MINUTE, now)
+        return await self._write(rows, fence) and await self._roll_hours(bucket + MINUTE, fence)
 
-    async def _roll_hours(self, upto: int, now: float) -> bool:
+    async def _write(self, rows: list[Row], fence: Fence) -> bool:
+        """Rows in transactions of `WRITE_ROWS`, each fenced: reports and the lease get in between."""
+        ctl = self.ctl
+        for at in range(0, len(rows), WRITE_ROWS):
+            if not await ctl.db(ctl.store.history.write, rows[at : at + WRITE_ROWS], fence, ctl.clock()):
+                return False
+        return True
+
+    async def _roll_hours(self, upto: int, fence: Fence) -> bool:
         """Roll up every hour that ended by `upto` and has no hour rows yet (at most a day back)."""
         ctl = self.ctl
         ended = upto // HOUR * HOUR  # hours before this one are over
@@ -260,7 +271,7 @@ class HistoryWriter:
         for hour in range(start, ended, HOUR):
             minutes = await asyncio.to_thread(ctl.store.history.buckets, MINUTE, hour, hour + HOUR)
             rows = await asyncio.to_thread(hour_rows, minutes, hour)
-            if rows and not await ctl.db(ctl.store.history.write, rows, ctl.leadership.fence, now):
+            if not await self._write(rows, fence):
                 return False
             self._hours_done = hour
         return True

@@ -13,7 +13,9 @@ every `follower_poll_s`.
 
 The loop owns the leader's judgement (link baselines, health state, report cursor) and talks to
 the controller only through its public methods (`tick_started`, `adopt`, `publish`, `follow`,
-`leadership`, ...). `tick()` is one whole round, so tests drive the loop with a fake clock.
+`leadership`, ...). `tick()` is one whole round, so tests drive the loop with a fake clock. Store
+work a tick need not wait for (the link history's rows, pruning) runs beside the ticks, one
+piece at a time (`_chore`; `chores_done` waits for it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshctl.core.health import Baselines, HealthState, RegionHealthState, initial_state, observe, step
@@ -41,12 +44,17 @@ from meshctl.wire import schemas as s
 log = logging.getLogger("meshctl.loop")
 
 PRUNE_EVERY_S = 60.0
+CHORES_AT_STOP_S = 5.0  # how long `stop` lets handed-off store work finish
+MAX_CHORES = 8  # handed-off store work waiting at most (a minute's history, a prune: ~2 a minute)
 
 
 class ControlLoop:
     def __init__(self, ctl: Controller) -> None:
         self.ctl = ctl
         self._task: asyncio.Task[None] | None = None
+        # store work a tick hands off (`_chore`): the newest, and all not yet done
+        self._chore_last: asyncio.Task[None] | None = None
+        self._chores: set[asyncio.Task[None]] = set()
         self._last_prune = 0.0
         self._listening_since = 0.0  # when this replica began to lead: silence is counted from here
         # while the database is unreachable no report can be accepted: the replica is deaf, and
@@ -72,6 +80,12 @@ class ControlLoop:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        with contextlib.suppress(TimeoutError):  # a minute's history being written: let it land
+            await asyncio.wait_for(self.chores_done(), CHORES_AT_STOP_S)
+        for chore in list(self._chores):
+            chore.cancel()
+        if self._chores:
+            await asyncio.wait(list(self._chores))
         if self._listener is not None:
             await asyncio.to_thread(self._listener.join, 3.0)
 
@@ -96,6 +110,36 @@ class ControlLoop:
             target=ctl.store.listen, args=(on_change, self._listen_stop, on_up), name="store-listen", daemon=True
         )
         self._listener.start()
+
+    def _chore(self, job: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run store work the tick need not wait for (the link history's rows at a minute
+        boundary, ~1 s at 150 regions; pruning) beside the ticks: one chore at a time, in the
+        order handed. A failure is logged; the next tick's lease renewal finds a dead database.
+        A store so slow that `MAX_CHORES` are waiting gets no more (the chore is dropped, and said)."""
+        if len(self._chores) >= MAX_CHORES:
+            log.warning("%s skipped: the store is behind (%d earlier chores still waiting)", what, len(self._chores))
+            return
+        before = self._chore_last
+
+        async def run() -> None:
+            if before is not None:
+                await asyncio.wait([before])
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("%s: %s", what, exc)
+
+        task = asyncio.create_task(run(), name=what)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+        self._chore_last = task
+
+    async def chores_done(self) -> None:
+        """Wait for the chores handed so far to end."""
+        while self._chores:
+            await asyncio.wait(list(self._chores))
 
     async def _run(self) -> None:
         ctl = self.ctl
@@ -165,11 +209,16 @@ class ControlLoop:
             # time the database was unreachable does not eat them); accepted seqs: as long as a
             # window could be accepted
             windows_before = self._links_as_of(now) - ctl.settings.report_window_retention_s
-            await ctl.db(ctl.store.prune_reports, windows_before, now - ctl.settings.report_seen_s)
-            if lead.is_leader:
-                await self.history.prune(now)
-                await ctl.db(ctl.store.prune_route_tables)
-                await ctl.db(ctl.store.prune_replicas, now - 3600.0)
+            seen_before, leading_now = now - ctl.settings.report_seen_s, lead.is_leader
+
+            async def prune() -> None:
+                await ctl.db(ctl.store.prune_reports, windows_before, seen_before)
+                if leading_now:
+                    await self.history.prune(now)
+                    await ctl.db(ctl.store.prune_route_tables)
+                    await ctl.db(ctl.store.prune_replicas, now - 3600.0)
+
+            self._chore(prune, "pruning")
 
     def _links_as_of(self, now: float) -> float:
         """When links are judged fresh or stale: `now`, less the time this replica was deaf
@@ -218,9 +267,15 @@ class ControlLoop:
         # the fold's number work (~20 ms at 3,000 nodes) runs on a thread: numpy's gathers and
         # sorts let go of the GIL, so reports and route queries are answered meanwhile
         links = await asyncio.to_thread(ctl.reports.linkbook.fold_in_parts(links_at, ctl.weights.stale_after_s))
-        if not await self.history.tick(links, now):
-            ctl.leadership.step_down("writing link history refused: the lease is no longer ours")
-            return
+        write_history = self.history.tick(links, now)
+        if write_history is not None:
+            fence = ctl.leadership.fence
+
+            async def history() -> None:
+                if not await write_history() and ctl.leadership.fence == fence:
+                    ctl.leadership.step_down("writing link history refused: the lease is no longer ours")
+
+            self._chore(history, "writing link history")
         baselines = self.baselines.update(links)
         await _requests_first()
         last_report = state.last_report_by_region()

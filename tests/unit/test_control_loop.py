@@ -24,7 +24,7 @@ from meshctl.service.auth import Principal
 from meshctl.service.controller import Controller
 from meshctl.service.errors import Conflict, NodeRemoved, ServiceError, Unauthorized, Unavailable
 from meshctl.service.leadership import ReplicaIdInUse, check_replica_id
-from meshctl.service.loop import ControlLoop
+from meshctl.service.loop import MAX_CHORES, ControlLoop
 from meshctl.settings import Settings
 from meshctl.store.db import Store
 from meshctl.wire import schemas as s
@@ -87,6 +87,7 @@ class Replica:
         return self
 
     async def stop(self) -> None:
+        await self.loop.stop()  # the store work it handed off lands first
         await self.ctl.stop()
         self.outage._store.close()
 
@@ -178,6 +179,40 @@ async def settle(mesh: Mesh, regions: tuple[str, ...], seconds: int = 5) -> None
 
 
 # --- fail static -------------------------------------------------------------------------
+
+
+def test_store_work_handed_off_runs_in_order_one_at_a_time_and_is_bounded(tmp_path: Path) -> None:
+    """What a tick hands off (history rows, pruning) runs beside it, in order, one piece at a time;
+    a failure does not stop the next; a store so slow that MAX_CHORES wait gets no more."""
+
+    async def main() -> None:
+        replica, _ = await started(tmp_path, FakeClock(), A, B)
+        loop = replica.loop
+        await loop.chores_done()
+        gate, ran, running = asyncio.Event(), [], [0]
+
+        async def job(i: int) -> None:
+            running[0] += 1
+            assert running[0] == 1, "two at once"
+            await gate.wait()
+            await asyncio.sleep(0.01)
+            running[0] -= 1
+            if i == 3:
+                raise OperationalError("insert", {}, Exception("disk I/O error"))
+            ran.append(i)
+
+        try:
+            for i in range(MAX_CHORES + 2):
+                loop._chore(lambda i=i: job(i), f"job {i}")  # type: ignore[misc]
+            await asyncio.sleep(0.05)
+            assert ran == []  # none went ahead of the gate
+            gate.set()
+            await loop.chores_done()
+            assert ran == [i for i in range(MAX_CHORES) if i != 3]  # the last two were dropped
+        finally:
+            await replica.stop()
+
+    run(main())
 
 
 def test_most_regions_silent_at_once_freezes_drains_nothing_keeps_routes(tmp_path: Path) -> None:

@@ -4,8 +4,11 @@ and the leader writing, rolling up and pruning through the real control loop wit
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -136,6 +139,7 @@ def test_leader_writes_minutes_rolls_up_hours_and_prunes(tmp_path: Path) -> None
         try:
             for _ in range(230):  # a second at a time, across minute boundaries and an hour boundary
                 await mesh.second(regions)
+            await replica.loop.chores_done()  # the writes run beside the ticks
             minutes = hist.series(A, B, 60, 0)
             starts = [p.bucket_start for p in minutes]
             assert starts == sorted(set(starts)) and hour - 120 in starts and hour in starts
@@ -157,11 +161,43 @@ def test_leader_writes_minutes_rolls_up_hours_and_prunes(tmp_path: Path) -> None
             # pruned by age: minutes after a day, hours after 30 days
             clock.advance(86_400 + 120)
             await replica.loop.tick()
+            await replica.loop.chores_done()
             assert hist.series(A, B, 60, 0) == [] and len(hist.series(A, B, 3600, 0)) == 1
             clock.advance(30 * 86_400)
             await replica.loop.tick()
+            await replica.loop.chores_done()
             assert hist.series(A, B, 3600, 0) == []
         finally:
+            await replica.stop()
+
+    run(main())
+
+
+def test_ticks_go_on_while_a_minute_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The minute's rows are made and written beside the ticks (~1 s at 150 regions): routes and
+    drains do not wait for them. Here making them is held until the test lets it go."""
+    clock = FakeClock(1_700_000_000.0)  # 40 s into a minute
+    gate, made = threading.Event(), h.minute_rows
+
+    def held(*args: Any) -> list[Row]:
+        assert gate.wait(30), "never let go"
+        return made(*args)
+
+    monkeypatch.setattr(h, "minute_rows", held)
+
+    async def main() -> None:
+        replica, mesh = await started(tmp_path, clock, A, B, C)
+        hist = replica.ctl.store.history
+        try:
+            for _ in range(50):  # across the minute boundary and 30 s on: no tick waits
+                await asyncio.wait_for(mesh.second((A, B, C), TRIANGLE), 5.0)
+            assert replica.route(A, C)["path"] and hist.series(A, B, 60, 0) == []
+            gate.set()
+            await replica.loop.chores_done()
+            (minute,) = hist.series(A, B, 60, 0)
+            assert minute.bucket_start == 1_699_999_980 and minute.samples >= 15
+        finally:
+            gate.set()
             await replica.stop()
 
     run(main())
@@ -177,6 +213,7 @@ def test_a_new_leader_keeps_what_was_written_and_follower_reads(tmp_path: Path) 
         try:
             for _ in range(70):
                 await mesh.second((A, B, C), TRIANGLE)
+            await replica.loop.chores_done()
             before = hist.series(A, B, 60, 0)
             assert before
             row: Row = (A, B, 60, before[0].bucket_start, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1)
