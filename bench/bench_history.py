@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pid = np.tile(np.arange(len(pairs), dtype=np.float64), ticks)
     rtt = rng.uniform(5, 300, len(pairs))[pid.astype(np.int64)] + rng.normal(0, 0.5, pid.size)
     jitter, loss = rng.uniform(0, 2, pid.size), np.where(rng.random(pid.size) < 0.01, 4.0, 0.0)
-    url = args.database_url or f"sqlite:///{Path(tempfile.mkdtemp(prefix='bench-history-')) / 'h.db'}"
+    workdir = None if args.database_url else Path(tempfile.mkdtemp(prefix="bench-history-"))
+    url = args.database_url if workdir is None else f"sqlite:///{workdir / 'h.db'}"
     store = Store(url)
     store.open()
     hist = store.history
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     roll_s, hours = _timed(hour_rows, minutes, hour)
     write_s = _timed(hist.write, hours, None, 0.0)[0]
     store.close()
+    if workdir is not None:
+        shutil.rmtree(workdir)  # ~250 MB at 150 regions
     med = statistics.median
     minute_before = med(made) + med(one_go)
     return {
