@@ -5,7 +5,9 @@ R regions (R x (R-1) directed pairs), every link a new sample each 1 s tick (the
 minute of samples is made into rows (`minute_rows`), written in one transaction as before and in
 transactions of `WRITE_ROWS` as now (the longest one is what a report's commit can wait behind on
 SQLite's one writer), then an hour of minute rows is stored and rolled up as the leader does at
-the hour (`buckets`, `hour_rows`, the write). Median of `--rounds` where a stage repeats.
+the hour (`buckets`, `hour_rows`, the write), and as the leader that wrote the hour whole now does
+it (`HourBuffer`: each minute kept as written, the hour made from memory). Median of `--rounds`
+where a stage repeats.
 
     .venv/bin/python -m bench.bench_history [--regions 150] [--rounds 3] [--database-url URL] [-o json]
 """
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from meshctl.service.history import HOUR, MINUTE, WRITE_ROWS, hour_rows, minute_rows
+from meshctl.service.history import HOUR, MINUTE, WRITE_ROWS, HourBuffer, hour_rows, minute_rows
 from meshctl.store.db import Store
 from meshctl.store.history import Row
 
@@ -66,6 +68,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     read_s, minutes = _timed(hist.buckets, MINUTE, hour, hour + HOUR)
     roll_s, hours = _timed(hour_rows, minutes, hour)
     write_s = _timed(hist.write, hours, None, 0.0)[0]
+    # now: the leader keeps the hour it wrote whole (`HourBuffer`), a minute at a time
+    held = HourBuffer(hour, complete=True)
+    keep_s = [
+        _timed(held.add, hour + m * MINUTE, [(*row[:3], hour + m * MINUTE, *row[4:]) for row in rows])[0]
+        for m in range(60)
+    ]
+    held_s, held_rows = _timed(held.rows)
+    assert len(held_rows) == len(hours)
     store.close()
     if workdir is not None:
         shutil.rmtree(workdir)  # ~250 MB at 150 regions
@@ -83,6 +93,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "hour_read_s": round(read_s, 3),
         "hour_rows_s": round(roll_s, 3),
         "hour_write_s": round(write_s, 3),
+        "hour_kept_per_minute_s": round(statistics.median(keep_s), 4),
+        "hour_from_memory_s": round(held_s, 3),
         "tick_waited_at_minute_s": round(minute_before, 3),
         "tick_waited_at_hour_s": round(minute_before + read_s + roll_s + write_s, 3),
     }
@@ -109,6 +121,10 @@ def main() -> None:
     print(
         f"  the hour's rollup: {r['hour_read_rows']:,} minute rows read in {r['hour_read_s']:.3f} s, rolled up in "
         f"{r['hour_rows_s']:.3f} s, written in {r['hour_write_s']:.3f} s"
+    )
+    print(
+        f"  the hour kept in memory by the leader that wrote it whole (now): {r['hour_kept_per_minute_s']:.4f} s "
+        f"a minute to keep, {r['hour_from_memory_s']:.3f} s to roll up (nothing read back)"
     )
     print(
         f"  a tick waited for it (before): {r['tick_waited_at_minute_s']:.3f} s at each minute, "

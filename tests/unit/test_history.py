@@ -83,6 +83,40 @@ def test_hour_rows_from_minutes_match_numpy() -> None:
         assert _close(got[9], float(np.average([r[9] for r in ok], weights=[r[10] for r in ok])))
 
 
+def test_hour_buffer_rolls_up_as_hour_rows_does() -> None:
+    """The leader's hour kept in memory gives the rows `hour_rows` makes of the same minutes read
+    back: pairs missing from some minutes, lost minutes (None), no jitter, minutes with no rows."""
+    rng = np.random.default_rng(23)
+    hour = 1_700_002_800
+    pairs = [("aws:a", "aws:b"), ("aws:b", "aws:a"), ("gcp:c", "aws:a"), ("gcp:c", "aws:b")]
+    buf, every = h.HourBuffer(hour, complete=True), []
+    for minute in range(60):
+        rows: list[Row] = []
+        for k, pair in enumerate(pairs):
+            if minute % 13 == 5 or rng.random() < 0.2 * k:
+                continue
+            p50 = round(float(rng.lognormal(3, 0.3)), 4)
+            lost = k == 2 and minute % 3 == 0
+            rows.append(
+                (*pair, 60, hour + 60 * minute,
+                 None if lost else round(p50 * 0.9, 4), None if lost else p50, None if lost else round(p50 * 1.2, 4),
+                 None if lost else round(p50 * 1.5, 4), 100.0 if lost else round(float(rng.random() * 2), 4),
+                 None if lost or k == 3 else round(float(rng.random()), 4), int(rng.integers(1, 13)))
+            )  # fmt: skip
+        buf.add(hour + 60 * minute, rows)
+        every += rows
+    assert buf.last_bucket == hour + 3540
+    want = {(r[0], r[1]): r for r in h.hour_rows(every, hour)}
+    got = {(r[0], r[1]): r for r in buf.rows()}
+    assert got.keys() == want.keys() == set(pairs)
+    for pair, row in got.items():
+        assert row[:5] == want[pair][:5] and row[5:8] == want[pair][5:8] and row[10] == want[pair][10]
+        assert row[8] == pytest.approx(want[pair][8], abs=1e-4)
+        assert (row[9] is None) == (want[pair][9] is None) and (row[9] is None or abs(row[9] - want[pair][9]) <= 1e-4)
+    assert got[("gcp:c", "aws:b")][9] is None  # no jitter ever came back
+    assert h.HourBuffer(hour, complete=True).rows() == []
+
+
 def _link(src: str, dst: str, rtt: float, at: float) -> RegionLink:
     return RegionLink(src, dst, rtt, rtt * 1.1, 0.5, 1.0, at, 3)
 
@@ -198,6 +232,46 @@ def test_ticks_go_on_while_a_minute_is_written(tmp_path: Path, monkeypatch: pyte
             assert minute.bucket_start == 1_699_999_980 and minute.samples >= 15
         finally:
             gate.set()
+            await replica.stop()
+
+    run(main())
+
+
+def test_an_hour_the_leader_wrote_whole_is_rolled_up_from_memory(tmp_path: Path) -> None:
+    """An hour whose every minute this leader wrote is rolled up from what it kept, without
+    reading the minutes back; an hour it began within is read back from the store. Both rows are
+    what `hour_rows` makes of the stored minutes."""
+    hour = 1_700_002_800
+    clock = FakeClock(hour - 150.0)
+
+    async def main() -> None:
+        replica, _ = await started(tmp_path, clock, A, B, C)
+        store, writer = replica.ctl.store.history, replica.loop.history
+        read, reads = store.buckets, []
+
+        def spy(step: int, start: int, end: int) -> list[Row]:
+            reads.append((step, start))
+            return read(step, start, end)
+
+        store.buckets = spy  # type: ignore[method-assign]
+        try:
+            writer.reset()
+            for i in range(130):  # every 30 s from 150 s before the hour to past the next one
+                t = hour - 150.0 + 30 * i
+                links = {(a, b): _link(a, b, 20.0 + i % 7 + (a == C), t) for a, b in ((A, B), (B, A), (A, C), (C, A))}
+                write = writer.tick(links, t)
+                if write is not None:
+                    assert await write()
+            assert (h.MINUTE, hour) not in reads  # the whole hour: from memory
+            assert (h.MINUTE, hour - 3600) in reads  # begun within: read back
+            for start in (hour - 3600, hour):
+                (row,) = [r for r in read(3600, start, start + 1) if (r[0], r[1]) == (A, B)]
+                (want,) = [r for r in h.hour_rows(read(h.MINUTE, start, start + 3600), start) if r[:2] == row[:2]]
+                assert row[:8] == want[:8] and row[10] == want[10] and row[8:10] == pytest.approx(want[8:10])
+            (whole,) = [r for r in read(3600, hour, hour + 1) if (r[0], r[1]) == (A, B)]
+            assert whole[10] == 120  # a new sample each 30 s tick, 60 minutes
+        finally:
+            store.buckets = read  # type: ignore[method-assign]
             await replica.stop()
 
     run(main())
