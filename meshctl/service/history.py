@@ -221,7 +221,7 @@ class HourBuffer:
     """The minute rows of one hour as this leader wrote them, to roll the hour up without reading
     them back (1.34 million rows at 150 regions, ~4 s of the store and ~1-2 s of Python a worker
     thread holds the GIL for). Kept per minute: pair ids, p50 and p90 (quantiles need every value,
-    20 B a row, ~27 MB an hour at 150 regions); min, max, samples and the weighted sums of loss
+    24 B a row, ~32 MB an hour at 150 regions); min, max, samples and the weighted sums of loss
     and jitter run. `rows()` is `hour_rows` of the same minutes (tests/unit/test_history.py).
 
     `complete`: every minute of the hour is here (the writer has run since before the hour
