@@ -142,37 +142,9 @@ def minute_rows(
 
 def hour_rows(rows: Sequence[Row], hour: int, step: int = HOUR) -> list[Row]:
     """The hour's row of each pair from its minute rows (approximate: see the module docstring)."""
-    if not rows:
-        return []
-    index: dict[tuple[str, str], int] = {}
-    pid = np.fromiter((index.setdefault((r[0], r[1]), len(index)) for r in rows), np.int64, len(rows))
-    pairs = list(index)
-    size = len(pairs)
-
-    def col(i: int) -> np.ndarray:
-        return np.array([math.nan if r[i] is None else r[i] for r in rows], dtype=np.float64)
-
-    rmin, r50, r90, rmax, loss, jit = (col(i) for i in (4, 5, 6, 7, 8, 9))
-    n = np.array([r[10] for r in rows], dtype=np.float64)
-    samples = np.bincount(pid, weights=n, minlength=size)
-    loss_mean, _ = _mean_by(pid, loss, n, size)
-    okj = np.isfinite(jit)
-    jit_mean, jit_w = _mean_by(pid[okj], jit[okj], n[okj], size)
-    ok = np.isfinite(r50)
-    lo, p50, p90, hi = (np.full(size, np.nan) for _ in range(4))
-    for target, values, how in ((p50, r50, 0.5), (p90, r90, 0.9), (lo, rmin, 0.0), (hi, rmax, 1.0)):
-        keys, starts, counts, v = _groups(pid[ok], values[ok])
-        if keys.size:
-            target[keys] = _quantile(v, starts, counts, how)
-    out: list[Row] = []
-    for k in range(size):
-        a, b = pairs[k]
-        jitter = float(jit_mean[k]) if jit_w[k] > 0 else math.nan
-        out.append(
-            (a, b, step, hour, _opt(lo[k]), _opt(p50[k]), _opt(p90[k]), _opt(hi[k]),
-             round(float(loss_mean[k]), 4), _opt(jitter), int(samples[k]))
-        )  # fmt: skip
-    return out
+    held = HourBuffer(hour, complete=True)
+    held.add(hour, rows)
+    return held.rows(step)
 
 
 # --- the leader's minute buffer --------------------------------------------------------------
@@ -238,7 +210,7 @@ class HourBuffer:
         self._sums = np.zeros((6, 0))  # lo, hi, samples, loss x n, jitter x n, n of finite jitter
 
     def add(self, bucket: int, rows: Sequence[Row]) -> None:
-        """One minute's rows (as written: None where nothing came back)."""
+        """Minute rows (as written: None where nothing came back); `bucket`: the newest minute."""
         self.last_bucket = bucket
         if not rows:
             return
@@ -256,12 +228,12 @@ class HourBuffer:
         rmin, r50, r90, rmax, loss, jit = (col(i) for i in (4, 5, 6, 7, 8, 9))
         n = np.array([r[10] for r in rows], dtype=np.float64)
         s, ok, okj = self._sums, np.isfinite(r50), np.isfinite(jit)
-        s[0, pid[ok]] = np.fmin(s[0, pid[ok]], rmin[ok])
-        s[1, pid[ok]] = np.fmax(s[1, pid[ok]], rmax[ok])
-        s[2, pid] += n
-        s[3, pid] += loss * n
-        s[4, pid[okj]] += jit[okj] * n[okj]
-        s[5, pid[okj]] += n[okj]
+        np.fmin.at(s[0], pid[ok], rmin[ok])  # `.at`: a pair may come more than once (`hour_rows`)
+        np.fmax.at(s[1], pid[ok], rmax[ok])
+        np.add.at(s[2], pid, n)
+        np.add.at(s[3], pid, loss * n)
+        np.add.at(s[4], pid[okj], jit[okj] * n[okj])
+        np.add.at(s[5], pid[okj], n[okj])
         self._pid.append(pid)
         self._p50.append(r50)
         self._p90.append(r90)
