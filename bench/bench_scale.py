@@ -47,6 +47,12 @@ def add_options(ap: argparse.ArgumentParser) -> None:
         "--replicas", default="1", help="controllers on one PostgreSQL store; a list (1,3) runs each in turn"
     )
     ap.add_argument("--before", type=Path, default=None, help="also run the controller of this checkout, first")
+    ap.add_argument(
+        "--peers-as",
+        choices=["columns", "rows"],
+        default="columns",
+        help="a report's peers as the agent sends them (columns) or as agents before it did (rows)",
+    )
 
 
 def replica_counts(text: str) -> list[int]:
@@ -74,6 +80,7 @@ def config(args: argparse.Namespace, replicas: int = 1, tree: Path | None = None
         database_url=args.database_url,
         connections=args.connections,
         route_qps=args.route_qps,
+        peer_columns=args.peers_as == "columns",
     )
 
 

@@ -99,6 +99,11 @@ def is_node_removed(response: httpx.Response) -> bool:
     return response.status_code == 410 and _body(response).get("type") == NODE_REMOVED
 
 
+def refuses_peer_columns(response: httpx.Response) -> bool:
+    """A 422 about `peers` itself: a controller older than peers-as-columns (it wants a list)."""
+    return response.status_code == 422 and _body(response).get("field") == "peers"
+
+
 def is_clock_refusal(response: httpx.Response) -> bool:
     """A 422 about the window's time (in the future, or older than the controller keeps): a clock problem.
 

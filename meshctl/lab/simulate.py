@@ -89,6 +89,7 @@ class SimConfig:
     controller_env: dict[str, str] = field(default_factory=dict)
     # run the controller of another checkout (its cwd and PYTHONPATH), for a before/after
     controller_tree: Path | None = None
+    peer_columns: bool = True  # a report's peers as columns (the agent), or as a list (agents before it)
 
 
 @dataclass
@@ -148,23 +149,37 @@ class SimNode:
     seq: int = 0
     acked: int = 0
     peers: list[tuple[str, int, float]] = field(default_factory=list)  # (peer id, its region, rtt ms)
-    parts: list[str] = field(default_factory=list)  # its peers[] entries while nothing is faulty
+    entries: list[PeerEntry] = field(default_factory=list)  # its peers' figures while nothing is faulty
     body_version: int = -1
     peers_json: bytes = b""
 
 
-def peer_json(peer_id: str, rtt: float, sent: int, loss: float, jitter: float) -> str:
-    """One `peers[]` entry as `probes.stats.PeerWindow.summary` writes it (made by hand: ~1 us)."""
-    received = sent - round(sent * loss / 100.0)
-    head = (
-        f'{{"peer_node_id": "{peer_id}", "sent": {sent}, "received": {max(0, received)}, "reorders": 0, "duplicates": 0'
-    )
+PeerEntry = tuple[str, ...]  # one peer's fields (FIELDS) as JSON text, "null" where left out
+FIELDS = ("peer_node_id", "sent", "received", "reorders", "duplicates")
+RTT_FIELDS = ("rtt_min_ms", "rtt_p50_ms", "rtt_p90_ms", "rtt_max_ms", "jitter_ms")
+
+
+def peer_entry(peer_id: str, rtt: float, sent: int, loss: float, jitter: float) -> PeerEntry:
+    """One peer's figures as `probes.stats.PeerWindow.summary` gives them (made by hand: ~1 us)."""
+    received = max(0, sent - round(sent * loss / 100.0))
+    head = (f'"{peer_id}"', str(sent), str(received), "0", "0")
     if received <= 0:
-        return head + "}"
-    return (
-        f'{head}, "rtt_min_ms": {rtt * 0.98:.4f}, "rtt_p50_ms": {rtt:.4f}, "rtt_p90_ms": {rtt * 1.03:.4f},'
-        f' "rtt_max_ms": {rtt * 1.1:.4f}, "jitter_ms": {jitter:.4f}}}'
+        return head + ("null",) * len(RTT_FIELDS)
+    return (*head, f"{rtt * 0.98:.4f}", f"{rtt:.4f}", f"{rtt * 1.03:.4f}", f"{rtt * 1.1:.4f}", f"{jitter:.4f}")
+
+
+def peers_json(entries: list[PeerEntry], columns: bool) -> bytes:
+    """A report's `peers` as the agent sends them (`probes.reporter.with_peer_columns`), or as
+    the list of objects an older agent sends."""
+    names = (*FIELDS, *RTT_FIELDS)
+    if columns:
+        cols = (f'"{name}": [' + ",".join(e[i] for e in entries) + "]" for i, name in enumerate(names))
+        return ("{" + ", ".join(cols) + "}").encode()
+    rows = (
+        "{" + ", ".join(f'"{name}": {v}' for name, v in zip(names, e, strict=True) if v != "null") + "}"
+        for e in entries
     )
+    return ("[" + ",".join(rows) + "]").encode()
 
 
 # --- a raw keep-alive connection -----------------------------------------------------------
@@ -456,6 +471,7 @@ class Simulation:
         self.sent = round(PROBES_PER_S * cfg.window_s)  # probes per target per window
         self.backlog = 0
         self.offered = 0  # windows the fleet closed (a dark node closes none)
+        self.peer_columns = cfg.peer_columns  # as the agent: columns, until a controller refuses them
 
     # peers: k nodes of each other region, spread so every node is probed about as often
     def assign_peers(self) -> None:
@@ -468,16 +484,16 @@ class Simulation:
                     peer = self.nodes[r * m + (n.index + j) % m]
                     rtt = self.rtt(n.region, r) * (1 + self.rng.random() * 0.02)
                     n.peers.append((peer.node_id, r, rtt))
-                    n.parts.append(peer_json(peer.node_id, rtt, self.sent, 0.0, 0.2 + self.rng.random() * 0.3))
+                    n.entries.append(peer_entry(peer.node_id, rtt, self.sent, 0.0, 0.2 + self.rng.random() * 0.3))
 
     def body(self, n: SimNode, due: float) -> bytes:
         """The window that closed at `due`: a fault that began within it shows in part of its probes."""
         w = self.cfg.window_s
         straddles = any(due - w < began < due for began in (*self.dark.values(), *self.lossy.values()))
         if n.body_version != self.fault_version or straddles:  # only the entries about faulty regions change
-            parts = n.parts
+            entries = n.entries
             if self.dark or self.lossy:
-                parts = list(parts)
+                entries = list(entries)
                 for i, (pid, r, rtt) in enumerate(n.peers):
                     loss = 0.0
                     if r in self.dark:
@@ -486,15 +502,15 @@ class Simulation:
                     if lossy is not None:
                         loss = max(loss, self.cfg.lossy_percent * min(1.0, max(0.0, (due - lossy) / w)))
                     if loss:
-                        parts[i] = peer_json(pid, rtt, self.sent, loss, 0.5)
-            peers_json = ("[" + ",".join(parts) + "]").encode()
+                        entries[i] = peer_entry(pid, rtt, self.sent, loss, 0.5)
+            peers = peers_json(entries, self.peer_columns)
             if not straddles:
-                n.peers_json, n.body_version = peers_json, self.fault_version
+                n.peers_json, n.body_version = peers, self.fault_version
         else:
-            peers_json = n.peers_json
+            peers = n.peers_json
         start = datetime.fromtimestamp(due - w, UTC).isoformat()
         head = json.dumps({"node_id": n.node_id, "seq": n.seq, "window_start": start, "window_s": w})
-        return head[:-1].encode() + b', "peers": ' + peers_json + b"}"
+        return head[:-1].encode() + b', "peers": ' + peers + b"}"
 
     def request(self, n: SimNode, body: bytes) -> bytes:
         head = (
@@ -619,6 +635,12 @@ class Simulation:
                 except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
                     self.send_errors += 1
                     await asyncio.sleep(0.5)
+                    continue
+                if code == 422 and self.peer_columns and b'"peers": {' in req:
+                    # as the agent, to a controller older than peers as columns: the list from now on
+                    self.peer_columns, self.fault_version = False, self.fault_version + 1
+                if code == 422 and not self.peer_columns and b'"peers": {' in req:
+                    req = self.request(n, self.body(n, due))
                     continue
                 self.latencies.append(time.perf_counter() - t0)
                 self.codes[code] = self.codes.get(code, 0) + 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -67,6 +68,7 @@ class Ingest:
         self.linkbook = LinkBook(loss_smoothing=settings.loss_smoothing, smoothing_horizon_s=settings.stale_after_s)
         self._recent: dict[str, tuple[deque[int], set[int]]] = {}
         self._pending: dict[str, set[int]] = {}
+        self._peer_lists: dict[str, tuple[int, list[str]]] = {}  # node -> (nodes_forgotten, peers found valid)
         self._writer = BatchWriter(self._write)
         self._writer_id = writer_id  # how this process signs the reports it stores
         self._refresh = refresh  # reload nodes from the store (peers that joined elsewhere)
@@ -81,6 +83,7 @@ class Ingest:
     def forget_node(self, node_id: str) -> None:
         self.linkbook.forget_node(node_id)
         self._recent.pop(node_id, None)
+        self._peer_lists.pop(node_id, None)
         if self._state.clock_offsets.pop(node_id, None) is not None:
             self._metrics.clock_offset.remove(node_id)
         self._state.skewed.discard(node_id)
@@ -120,12 +123,17 @@ class Ingest:
         if start + report.window_s < now - self._settings.report_max_age_s:
             reject.labels("too_old").inc()
             raise Invalid("window_start: older than the controller keeps", field="window_start")
-        ids = report.peers.ids
-        unique = set(ids)
-        if who.id in unique or len(unique) != len(ids) or not all(map(state.nodes.__contains__, unique)):
-            if who.id not in unique and len(unique) == len(ids):
-                await self._reload_nodes()  # peers that joined through another replica a moment ago
-            self._reject_peers(who.id, ids)
+        peers = report.peers
+        ids = self._checked_peers(node.id, peers.ids)
+        if ids is None:
+            unique = set(peers.ids)
+            if who.id in unique or len(unique) != len(peers.ids) or not all(map(state.nodes.__contains__, unique)):
+                if who.id not in unique and len(unique) == len(peers.ids):
+                    await self._reload_nodes()  # peers that joined through another replica a moment ago
+                self._reject_peers(who.id, peers.ids)
+            ids = [state.nodes[p].id for p in peers.ids]
+            self._peer_lists[node.id] = (state.nodes_forgotten, ids)
+        peers = dataclasses.replace(peers, ids=ids)
         seq = report.seq
         recent, recent_set = self._recent.setdefault(node.id, (deque(), set()))
         pending = self._pending.setdefault(node.id, set())
@@ -134,9 +142,7 @@ class Ingest:
             raise Conflict(f"seq: window {seq} of {node.id} was already accepted", field="seq")
         pending.add(seq)
         try:
-            written = await self._writer.submit(
-                Window(node.id, seq, start, now, report.window_s, ids, report.peers.matrix())
-            )
+            written = await self._writer.submit(Window(node.id, seq, start, now, report.window_s, ids, peers.matrix()))
         except Exception as exc:
             reject.labels("store").inc()
             raise Unavailable("the database is unreachable; the report was not stored, retry later") from exc
@@ -156,11 +162,21 @@ class Ingest:
             c.last_report_at = max(c.last_report_at or 0, now)
             c.last_seq = seq if c.last_seq is None else max(c.last_seq, seq)
             c.reports_accepted += 1
-        self.record(node, report.peers, start + report.window_s, now)
+        self.record(node, peers, start + report.window_s, now)
         if report.reroutes:
             await self._note_reroutes(node, report, now)
         self._metrics.reports_ingested.inc()
         return s.ReportAck(node_id=node.id, seq=seq, accepted=True)
+
+    def _checked_peers(self, node_id: str, ids: list[str]) -> list[str] | None:
+        """The node's peer list as last found valid, when this report lists the same peers and no
+        node has left since; else None (check them). That list holds the node ids' own string
+        objects (`nodes`' keys): every lookup of them after (link book, store numbers) compares
+        pointers, not 300 freshly decoded strings."""
+        checked = self._peer_lists.get(node_id)
+        if checked is not None and checked[0] == self._state.nodes_forgotten and checked[1] == ids:
+            return checked[1]
+        return None
 
     async def _note_reroutes(self, node: Node, report: codec.ReportColumns, now: float) -> None:
         """A node's local fast reroutes become one `reroute` event (the next table confirms or replaces them)."""

@@ -6,6 +6,7 @@ model) is the referee for anything msgspec does not take, so errors read the sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
@@ -40,12 +41,31 @@ class _PeerStatsWire(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     duplicates: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
+_Column = msgspec.UnsetType  # a column left out (not null: ReportIn refuses a column that is not a list)
+_MAX_PEERS = msgspec.Meta(max_length=2000)
+
+
+class _PeerColumnsWire(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """`peers` as columns (ReportIn's `peer_rows`): a null element is a field left out of that row."""
+
+    peer_node_id: Annotated[list[_WireId], _MAX_PEERS]
+    sent: Annotated[list[_WireCount], _MAX_PEERS]
+    received: Annotated[list[_WireCount], _MAX_PEERS]
+    rtt_min_ms: Annotated[list[_WireMs | None], _MAX_PEERS] | _Column = msgspec.UNSET
+    rtt_p50_ms: Annotated[list[_WireMs | None], _MAX_PEERS] | _Column = msgspec.UNSET
+    rtt_p90_ms: Annotated[list[_WireMs | None], _MAX_PEERS] | _Column = msgspec.UNSET
+    rtt_max_ms: Annotated[list[_WireMs | None], _MAX_PEERS] | _Column = msgspec.UNSET
+    jitter_ms: Annotated[list[_WireMs | None], _MAX_PEERS] | _Column = msgspec.UNSET
+    reorders: Annotated[list[Annotated[int, msgspec.Meta(ge=0)] | None], _MAX_PEERS] | _Column = msgspec.UNSET
+    duplicates: Annotated[list[Annotated[int, msgspec.Meta(ge=0)] | None], _MAX_PEERS] | _Column = msgspec.UNSET
+
+
 class _ReportWire(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     node_id: _WireId
     seq: Annotated[int, msgspec.Meta(ge=0, le=2**62)]
     window_start: str  # read by pydantic's own datetime rules
     window_s: Annotated[float, msgspec.Meta(gt=0, le=300)]
-    peers: Annotated[list[_PeerStatsWire], msgspec.Meta(max_length=2000)]
+    peers: Annotated[list[_PeerStatsWire], _MAX_PEERS] | _PeerColumnsWire
     reroutes: list[Any] = msgspec.field(default_factory=list)  # rare: checked by ReportIn's own rules
 
 
@@ -124,7 +144,14 @@ def _from_wire(w: _ReportWire) -> ReportColumns | None:
     """Columns of a body msgspec accepted; None when ReportIn's cross-field checks fail."""
     if w.reroutes:
         return None  # rare: ReportIn checks them, with its own errors
-    ps, n = w.peers, len(w.peers)
+    peers = _rows_as_columns(w.peers) if isinstance(w.peers, list) else _columns(w.peers)
+    if peers is None:
+        return None
+    return ReportColumns(w.node_id, w.seq, _DATETIME.validate_python(w.window_start).timestamp(), w.window_s, peers)
+
+
+def _rows_as_columns(ps: list[_PeerStatsWire]) -> PeerColumns | None:
+    n = len(ps)
 
     def ints(name: str) -> np.ndarray:  # fromiter: np.array converts Python ints to float slowly
         return np.fromiter(map(_GET[name], ps), dtype=np.float64, count=n)
@@ -133,9 +160,35 @@ def _from_wire(w: _ReportWire) -> ReportColumns | None:
         return np.array(list(map(_GET[name], ps)), dtype=np.float64)
 
     sent, received, p50 = ints("sent"), ints("received"), floats("rtt_p50_ms")
-    over = received > sent
-    if (over.any() and (received > sent + ints("duplicates")).any()) or ((received > 0) & np.isnan(p50)).any():
-        return None  # ReportIn._consistent says which peer and why
+    if not _consistent(sent, received, p50, lambda: ints("duplicates")):
+        return None
     ids = list(map(_GET["peer_node_id"], ps))
-    peers = PeerColumns(ids, sent, received, p50, floats("rtt_p90_ms"), floats("jitter_ms"))
-    return ReportColumns(w.node_id, w.seq, _DATETIME.validate_python(w.window_start).timestamp(), w.window_s, peers)
+    return PeerColumns(ids, sent, received, p50, floats("rtt_p90_ms"), floats("jitter_ms"))
+
+
+def _columns(c: _PeerColumnsWire) -> PeerColumns | None:
+    n = len(c.peer_node_id)
+    given = [v for v in (getattr(c, f) for f in _PeerColumnsWire.__struct_fields__) if v is not msgspec.UNSET]
+    if any(len(v) != n for v in given):
+        return None  # ReportIn says which column
+
+    def column(values: list[Any] | msgspec.UnsetType) -> np.ndarray:  # None (and a left-out column) is NaN
+        if isinstance(values, msgspec.UnsetType):
+            return np.full(n, np.nan)
+        return np.array(values, dtype=np.float64).reshape(n)
+
+    def duplicates() -> np.ndarray:
+        return np.nan_to_num(column(c.duplicates), nan=0.0)
+
+    sent = np.array(c.sent, dtype=np.float64).reshape(n)
+    received = np.array(c.received, dtype=np.float64).reshape(n)
+    p50 = column(c.rtt_p50_ms)
+    if not _consistent(sent, received, p50, duplicates):
+        return None
+    return PeerColumns(c.peer_node_id, sent, received, p50, column(c.rtt_p90_ms), column(c.jitter_ms))
+
+
+def _consistent(sent: np.ndarray, received: np.ndarray, p50: np.ndarray, duplicates: Callable[[], np.ndarray]) -> bool:
+    """ReportIn._consistent: received within sent (plus duplicates), an RTT once something came back."""
+    over = received > sent
+    return not ((over.any() and (received > sent + duplicates()).any()) or ((received > 0) & np.isnan(p50)).any())

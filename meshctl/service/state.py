@@ -64,6 +64,7 @@ class MeshState:
         self.config_version = -1
         self.drain_version = 0  # moves with any region or node drain (the peer book's drained flags)
         self.node_rows_loaded = 0  # node rows read from the store, all told (a join reads a few)
+        self.nodes_forgotten = 0  # moves whenever a node may have left `nodes` (peer lists checked before are stale)
         self._node_gen: dict[str, int] = {}  # node id -> generation of the version here (removed ones too)
         self._turns = asyncio.Lock()  # catching up and putting changes in place
         self._watchers: list[Callable[[str, Node | None], None]] = []
@@ -111,6 +112,7 @@ class MeshState:
     def _load_nodes(self, nodes: list[Node], generation: int) -> set[str]:
         """Every live node, as the store had them at `generation` (a start, or a forced reload)."""
         gone = set(self.nodes) - {n.id for n in nodes}
+        self.nodes_forgotten += 1
         counters: dict[str, NodeCounters] = {}
         for n in nodes:
             counters[n.id] = self._merged_counters(n)
@@ -176,6 +178,7 @@ class MeshState:
 
     def _forget(self, node: Node) -> None:
         self.nodes.pop(node.id, None)
+        self.nodes_forgotten += 1
         if self.node_drains.pop(node.id, None) is not None:
             self.drain_version += 1
         self.counters.pop(node.id, None)

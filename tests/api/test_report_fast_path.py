@@ -10,6 +10,7 @@ values.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 
 from meshctl.service.report_codec import ReportColumns, parse_report
 from meshctl.wire.schemas import ReportIn
+from probes.reporter import with_peer_columns
 from tests.conftest import ControllerProcess
 
 # --- the decoder against ReportIn, in-process ---------------------------------------------
@@ -175,10 +177,11 @@ def test_decoder_agrees_on_generated_bodies(changes: list[tuple[str, int, Any]])
     assert_same(json.dumps(body).encode())
 
 
+@pytest.mark.parametrize("peers_as", ["rows", "columns"])
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(list(b'{}[]",:0123456789.-+eE ntfalsu\\')))))
-def test_decoder_agrees_on_mutated_text(edits: list[tuple[int, int]]) -> None:
-    raw = bytearray(json.dumps(_body()).encode())
+def test_decoder_agrees_on_mutated_text(peers_as: str, edits: list[tuple[int, int]]) -> None:
+    raw = bytearray(json.dumps(_body() if peers_as == "rows" else _column_body()).encode())
     for at, byte in edits:
         at %= len(raw) + 1
         if byte % 3 == 0 and at < len(raw):
@@ -186,6 +189,89 @@ def test_decoder_agrees_on_mutated_text(edits: list[tuple[int, int]]) -> None:
         else:
             raw[at:at] = bytes([byte])
     assert_same(bytes(raw))
+
+
+# --- peers as columns: the same report, checked the same way ---------------------------------
+
+
+def _as_columns(peers: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows as the columns the agent sends (probes.reporter)."""
+    columns: dict[str, list[Any]] = with_peer_columns({"peers": peers})["peers"]
+    return columns
+
+
+def _column_body(**over: Any) -> dict[str, Any]:
+    return {**_body(peers=_as_columns(_body()["peers"])), **over}
+
+
+def test_columns_are_the_report_the_rows_are() -> None:
+    lost = {"peer_node_id": "n-lost", "sent": 5, "received": 0, "reorders": 0, "duplicates": 1}
+    for peers in (_body()["peers"], [*_body()["peers"], lost], []):
+        rows, columns = _body(peers=peers), _body(peers=_as_columns(peers))
+        assert _outcome(parse_report, json.dumps(columns).encode()) == _outcome(parse_report, json.dumps(rows).encode())
+        assert_same(json.dumps(columns).encode())
+
+
+def test_agents_columns_take_the_fast_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: Any) -> None:
+        raise AssertionError("ReportIn was asked")
+
+    monkeypatch.setattr(ReportIn, "model_validate_json", refuse)
+    body = _column_body()
+    body["peers"]["rtt_p90_ms"][2] = None
+    r = parse_report(json.dumps(body).encode())
+    assert r.peers.ids == PEERS and r.peers.received.tolist() == [9, 9, 9] and math.isnan(r.peers.p90[2])
+    assert all(math.isnan(x) for x in r.peers.jitter)  # a column left out: absent for every peer
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        *("peer_node_id", "sent", "received", "rtt_min_ms", "rtt_p50_ms", "rtt_p90_ms", "rtt_max_ms", "jitter_ms"),
+        *("reorders", "duplicates", "unknown"),
+    ],
+)
+def test_decoder_agrees_on_odd_column_values(field: str) -> None:
+    for value in ODD:
+        body = _column_body()
+        body["peers"].setdefault(field, [None] * len(PEERS))[1] = value
+        assert_same(json.dumps(body).encode())
+        body["peers"][field] = copy.deepcopy(value)  # the whole column
+        assert_same(json.dumps(body).encode())
+    for column in ([], [1], [None] * 2, [None] * 4):  # shorter, longer
+        body = _column_body()
+        body["peers"][field] = column
+        assert_same(json.dumps(body).encode())
+    body = _column_body()
+    body["peers"].pop(field, None)
+    assert_same(json.dumps(body).encode())
+
+
+def test_columns_of_different_lengths_are_refused_by_name() -> None:
+    body = _column_body()
+    body["peers"]["received"] = [9, 9]
+    with pytest.raises(ValidationError, match=r"every column must be as long as the others \(lengths \[2, 3\]\)"):
+        parse_report(json.dumps(body).encode())
+    body["peers"]["received"] = 9
+    with pytest.raises(ValidationError, match="'received' must be a list with one element per peer"):
+        parse_report(json.dumps(body).encode())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(fields, st.integers(0, 3), json_values | st.sampled_from(ODD)), max_size=4))
+def test_decoder_agrees_on_generated_column_bodies(changes: list[tuple[str, int, Any]]) -> None:
+    body = _column_body()
+    for field, i, shared in changes:
+        value = copy.deepcopy(shared)  # (ODD's lists are shared: never changed in place)
+        if field in ("node_id", "seq", "window_start", "window_s", "peers", "extra"):
+            body[field] = value
+        elif isinstance(columns := body.get("peers"), dict):
+            column = columns.setdefault(field, [None] * len(PEERS))
+            if isinstance(column, list) and column and i < 3:
+                column[i % len(column)] = value
+            else:
+                columns[field] = value
+    assert_same(json.dumps(body).encode())
 
 
 # --- through the server: status codes and bodies as before ---------------------------------
@@ -451,10 +537,24 @@ def _cases(a: str, b: str, c: str, now: datetime) -> list[tuple[str, bytes, str,
         ),
         (
             "peers not a list",
-            js(body(peers={})),
+            js(body(peers=3)),
             n,
             422,
             invalid((["peers"], "Input should be a valid array", "list_type")),
+        ),
+        (
+            "peers an object but not columns",
+            js(body(peers={})),
+            n,
+            422,
+            invalid(
+                (
+                    ["peers"],
+                    "Value error, peers as columns: 'peer_node_id', 'sent', 'received' required"
+                    " (or peers as a list of objects)",
+                    "value_error",
+                )
+            ),
         ),
         (
             "peer not an object",
@@ -533,6 +633,34 @@ def _cases(a: str, b: str, c: str, now: datetime) -> list[tuple[str, bytes, str,
         ("Z time", js(body(seq=17, window_start=now.strftime("%Y-%m-%dT%H:%M:%SZ"))), n, 202, OK),
         ("no peers", js(body(seq=18, peers=[])), n, 202, OK),
         ("two peers", js(body(seq=19, peers=[peer, p2])), n, 202, OK),
+        ("two peers as columns", js(body(seq=21, peers=_as_columns([peer, p2]))), n, 202, OK),
+        (
+            "columns, one short",
+            js(body(peers={"peer_node_id": [b, c], "sent": [10, 10], "received": [10]})),
+            n,
+            422,
+            invalid(
+                (
+                    ["peers"],
+                    "Value error, peers as columns: every column must be as long as the others (lengths [1, 2])",
+                    "value_error",
+                )
+            ),
+        ),
+        (
+            "columns, a peer twice",
+            js(body(peers=_as_columns([peer, p2, peer]))),
+            n,
+            422,
+            refused("peers[2].peer_node_id: listed twice", "peers[2].peer_node_id"),
+        ),
+        (
+            "columns, received > sent",
+            js(body(peers=_as_columns([p2, {**peer, "received": 11}]))),
+            n,
+            422,
+            invalid(([], "Value error, peers[1].received must not exceed sent (plus duplicates)", "value_error")),
+        ),
         (
             "node_id twice, last wins",
             js(body(seq=20)).replace(b'"node_id": ', b'"node_id": "x", "node_id": ', 1),

@@ -163,7 +163,9 @@ def _reroute(mesh: LabUnderTest, a: str, b: str, kind: str, value: str) -> None:
     assert len(path) in (3, 4) and path[0] == a and path[-1] == b
     explained = mesh.get(f"/v1/routes/{a}/{b}", explain="true")
     direct = [c for c in explained["candidates"] if c["path"] == [a, b]]
-    assert not direct or direct[0]["cost"] > explained["cost"], explained
+    # the direct link costs more, or has no cost at all: a window whose probes to the peer were all
+    # lost (an early window, closed on misses in a row, can hold only those) makes it dead for now
+    assert not direct or direct[0]["cost"] is None or direct[0]["cost"] > explained["cost"], explained
     healed = mesh.json("lab", "heal")["applied_at"]
     wait_until(lambda: mesh.route(a, b) == [a, b], 20, f"{a}->{b} direct again")
     back = time.time() - healed

@@ -270,3 +270,49 @@ def test_a_window_refused_for_its_content_is_dropped_and_counted(status: int, re
     agent, _ = make_agent(tmp_path, controller, windows=2)
     run_reporter(agent, lambda: len(agent.spool) == 0)
     assert controller.accepted == [1] and metric(agent, "mesh_agent_reports_dropped_total", reason=reason) == 1
+
+
+PEERS = [
+    {"peer_node_id": "n-2", "sent": 5, "received": 5, "rtt_p50_ms": 1.5, "rtt_p90_ms": 2.0, "jitter_ms": 0.1},
+    {"peer_node_id": "n-3", "sent": 5, "received": 0, "reorders": 0, "duplicates": 0},
+]
+# what the release before peers-as-columns answered a report whose peers are an object
+OLD_CONTROLLER_REFUSAL = problem(422, "invalid-input", "invalid input: peers: Input should be a valid array", "peers")
+
+
+@pytest.mark.parametrize("older", [False, True])
+def test_peers_go_as_columns_and_as_a_list_to_an_older_controller(
+    older: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    controller = Controller(ACCEPTED)
+    bodies: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            bodies.append(json.loads(request.content))
+            if older and isinstance(bodies[-1]["peers"], dict):
+                return OLD_CONTROLLER_REFUSAL
+        return controller(request)
+
+    agent, _ = make_agent(tmp_path, controller, windows=0)
+    agent.http = httpx.AsyncClient(base_url="http://ctl", transport=httpx.MockTransport(answer))
+    for seq in range(3):
+        agent.spool.put(seq, {"node_id": "n-1", "seq": seq, "peers": PEERS})
+    with caplog.at_level(logging.INFO, logger="meshctl.agent"):
+        run_reporter(agent, lambda: len(agent.spool) == 0)
+    assert controller.accepted == [0, 1, 2] and dropped(agent) == 0
+    columns = {
+        "peer_node_id": ["n-2", "n-3"],
+        "sent": [5, 5],
+        "received": [5, 0],
+        "rtt_p50_ms": [1.5, None],
+        "rtt_p90_ms": [2.0, None],
+        "jitter_ms": [0.1, None],
+        "reorders": [None, 0],
+        "duplicates": [None, 0],
+    }
+    if older:  # the first window goes again at once as a list, and every one after it
+        assert [b["peers"] for b in bodies] == [columns, PEERS, PEERS, PEERS]
+        assert len([m for m in caplog.messages if "peers only as a list" in m]) == 1
+    else:
+        assert [b["peers"] for b in bodies] == [columns] * 3

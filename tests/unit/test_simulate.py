@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from meshctl.lab.simulate import RTT_CSV, SimError, parse_fault, region_ids
+from meshctl.lab.simulate import RTT_CSV, SimError, parse_fault, peer_entry, peers_json, region_ids
+from probes.reporter import with_peer_columns
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {
@@ -43,6 +44,15 @@ def test_fault_names_a_region_by_id_or_index() -> None:
     assert rtt(0, 1) > 0
     with pytest.raises(SimError, match="no region"):
         parse_fault("dark:aws:nowhere-9@5", regions)
+
+
+def test_synthetic_peers_are_what_the_agent_sends() -> None:
+    """As columns, exactly `probes.reporter.with_peer_columns` of the rows (a lost peer included)."""
+    entries = [peer_entry("n-a", 12.5, 25, 0.0, 0.3), peer_entry("n-b", 80.0, 25, 100.0, 0.5)]
+    rows = json.loads(peers_json(entries, columns=False))
+    assert rows[1] == {"peer_node_id": "n-b", "sent": 25, "received": 0, "reorders": 0, "duplicates": 0}
+    assert rows[0]["rtt_p50_ms"] == 12.5 and rows[0]["received"] == 25
+    assert json.loads(peers_json(entries, columns=True)) == with_peer_columns({"peers": rows})["peers"]
 
 
 def test_regions_past_the_table_are_copies_with_their_own_ids() -> None:
