@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     # a window was accepted at all (409 to a second copy) is kept apart, in a few bytes, for
     # report_max_age_s + report_max_future_s.
     report_window_retention_s: float = Field(default=120.0, gt=0)
+    # reports are committed in groups: a group's commit begins at least this long after the one
+    # before began, so under load more windows share a commit (and its fsync); 0: as soon as the
+    # one before ends
+    report_commit_gather_s: float = Field(default=0.01, ge=0, le=1)
     node_down_after_s: float = 20.0
     # a node whose clock is off by more than this has its windows re-timed into the controller's
     # time (and a clock_skew event), rather than refused as "in the future" or judged stale

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -23,10 +24,14 @@ class BatchWriter(Generic[Item, Result]):
         write: Callable[[list[Item]], Awaitable[list[Result]]],
         max_batch: int = 1000,
         name: str = "report-writer",
+        gather_s: float = 0.0,
     ) -> None:
         self._write = write
         self._max = max_batch
         self._name = name
+        # a write begins at least this long after the one before began: what comes meanwhile joins
+        # it (one commit, one fsync for more items); an item alone after a quiet spell waits not at all
+        self._gather_s = gather_s
         self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -49,8 +54,13 @@ class BatchWriter(Generic[Item, Result]):
         return await fut
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        began = -math.inf
         while True:
             batch = [await self._queue.get()]
+            if (wait := began + self._gather_s - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            began = loop.time()
             while len(batch) < self._max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

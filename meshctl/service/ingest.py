@@ -69,7 +69,7 @@ class Ingest:
         self._recent: dict[str, tuple[deque[int], set[int]]] = {}
         self._pending: dict[str, set[int]] = {}
         self._peer_lists: dict[str, tuple[int, list[str]]] = {}  # node -> (nodes_forgotten, peers found valid)
-        self._writer = BatchWriter(self._write)
+        self._writer = BatchWriter(self._write, gather_s=settings.report_commit_gather_s)
         self._writer_id = writer_id  # how this process signs the reports it stores
         self._refresh = refresh  # reload nodes from the store (peers that joined elsewhere)
         self._refreshing: asyncio.Task[Any] | None = None
