@@ -6,7 +6,8 @@ GET /healthz under the same client, to show what the client and HTTP stack alone
 Also printed: the server's CPU time per request (steadier than req/s on a shared machine) and
 what the control loop (recompute every second, on the same event loop) took meanwhile.
 Target: at least 1,000 reports/s on this 2-core machine.
-Run: .venv/bin/python -m bench.bench_ingest [--nodes 1000 --links 150 --rounds 3]
+Reports go with their peers as columns, as the agent sends them (`--peers-as rows`: as before).
+Run: .venv/bin/python -m bench.bench_ingest [--nodes 1000 --links 150 --rounds 3] [--peers-as rows]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench._server import cpu_seconds, rss_mb, start_controller, tmpdir
+from probes.reporter import with_peer_columns
 
 
 async def _fire_async(url: str, jobs: list[tuple[str, bytes]], concurrency: int) -> tuple[list[float], dict[int, int]]:
@@ -86,6 +88,9 @@ def main() -> None:
     ap.add_argument("--links", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument(
+        "--peers-as", choices=["columns", "rows"], default="columns", help="as the agent sends them, or as before it"
+    )
     args = ap.parse_args()
     tmp = tmpdir()
     ctl = start_controller(tmp, MESH_STALE_AFTER_S="600")
@@ -138,7 +143,8 @@ def main() -> None:
                     if r != region
                 ][: args.links]
                 body = {"node_id": node_id, "seq": rnd, "window_start": now, "window_s": 5.0, "peers": peers}
-                jobs.append((token, json.dumps(body).encode()))
+                sent = with_peer_columns(body) if args.peers_as == "columns" else body
+                jobs.append((token, json.dumps(sent).encode()))
         size_kb = sum(len(b) for _, b in jobs) / len(jobs) / 1024
         pid = ctl.proc.pid  # type: ignore[union-attr]
         load = os.getloadavg()  # other work on the 2 cores moves every figure; say how busy they were
