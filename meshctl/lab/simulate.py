@@ -16,7 +16,7 @@ What it measures is in `Result`; `meshctl lab simulate` shows it live, `bench.be
 it (and one JSON line). One simulator process: its own CPU and how late it sent windows are in
 the result (`sim_cpu_percent`, `sim_lag_p99_ms`), so a run that could not keep up says so.
 
-About 890 lines as one module because most of it is `Simulation`, one run's shared state (fleet,
+About 910 lines as one module because most of it is `Simulation`, one run's shared state (fleet,
 schedule, counters) and the tasks that read it; it would split first at the measuring side (the
 /proc, database and /metrics readers, and the summary) into their own module.
 """
@@ -636,10 +636,10 @@ class Simulation:
                     self.send_errors += 1
                     await asyncio.sleep(0.5)
                     continue
-                if code == 422 and self.peer_columns and b'"peers": {' in req:
+                if code == 422 and b'"peers": {' in req:
                     # as the agent, to a controller older than peers as columns: the list from now on
-                    self.peer_columns, self.fault_version = False, self.fault_version + 1
-                if code == 422 and not self.peer_columns and b'"peers": {' in req:
+                    if self.peer_columns:
+                        self.peer_columns, self.fault_version = False, self.fault_version + 1
                     req = self.request(n, self.body(n, due))
                     continue
                 self.latencies.append(time.perf_counter() - t0)

@@ -6,7 +6,7 @@ model) is the referee for anything msgspec does not take, so errors read the sam
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
@@ -172,7 +172,7 @@ def _columns(c: _PeerColumnsWire) -> PeerColumns | None:
     if any(len(v) != n for v in given):
         return None  # ReportIn says which column
 
-    def column(values: list[Any] | msgspec.UnsetType) -> np.ndarray:  # None (and a left-out column) is NaN
+    def column(values: Sequence[Any] | msgspec.UnsetType) -> np.ndarray:  # None (and a left-out column) is NaN
         if isinstance(values, msgspec.UnsetType):
             return np.full(n, np.nan)
         return np.array(values, dtype=np.float64).reshape(n)
@@ -180,9 +180,7 @@ def _columns(c: _PeerColumnsWire) -> PeerColumns | None:
     def duplicates() -> np.ndarray:
         return np.nan_to_num(column(c.duplicates), nan=0.0)
 
-    sent = np.array(c.sent, dtype=np.float64).reshape(n)
-    received = np.array(c.received, dtype=np.float64).reshape(n)
-    p50 = column(c.rtt_p50_ms)
+    sent, received, p50 = column(c.sent), column(c.received), column(c.rtt_p50_ms)
     if not _consistent(sent, received, p50, duplicates):
         return None
     return PeerColumns(c.peer_node_id, sent, received, p50, column(c.rtt_p90_ms), column(c.jitter_ms))

@@ -1,6 +1,6 @@
 """Request and response bodies of the REST API (the contract the agent and the CLI rely on).
 
-Field names here are a public contract: add freely, rename nothing. The module runs to ~740
+Field names here are a public contract: add freely, rename nothing. The module runs to ~780
 lines on purpose: it is the whole contract (bodies, the problem format, the ETags) in one place
 a client author reads top to bottom, and the bodies share their field types (region ids, keys,
 endpoints, scopes); split it by resource (regions, nodes, reports, routes, attestation) if it
