@@ -106,15 +106,23 @@ def test_1_relayed_ping_follows_the_route_and_probes_stay_direct(mesh: LabUnderT
     route = wait_until(
         relayed, 90, f"{SRC} -> {DST} relayed, its two links within max(1 ms, 3%) of the topology", poll=1.0
     )
-    relay_region = route["path"][1]
     by_name = nodes(mesh)
     src, dst = node_in(mesh, SRC), node_in(mesh, DST)
     src_id, dst_id = by_name[src]["id"], by_name[dst]["id"]
-    path = wait_until(
-        lambda: (p := data_path(mesh, src_id, DST))["primary"]["relay_region"] == relay_region and p,
+
+    def carried() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(route, path) when the peer list names the route's relay: the route is read again each
+        time, as two relays of about the same cost may take turns while the samples settle."""
+        r, p = mesh.get(f"/v1/routes/{SRC}/{DST}"), data_path(mesh, src_id, DST)
+        return (r, p) if len(r.get("path") or []) == 3 and p["primary"]["relay_region"] == r["path"][1] else None
+
+    route, path = wait_until(
+        carried,
         10,
         "the peer list carries the route's relay",
+        detail=lambda: f"route {mesh.get(f'/v1/routes/{SRC}/{DST}').get('path')}; path {data_path(mesh, src_id, DST)}",
     )
+    relay_region = route["path"][1]
     assert data_path(mesh, dst_id, SRC)["primary"] == path["primary"]  # the same relay node both ways
     assert path["backup"] is not None and path["backup"]["relay_region"] != relay_region
     relay_node = next(n for n in by_name.values() if n["id"] == path["primary"]["relay_node"])
